@@ -1,0 +1,30 @@
+"""One `pytest` run covers the notebooks (each executed through nbdev's `test_nb`, honouring `tst_flags`)
+and the tests in `tests/`."""
+import os, tempfile
+from pathlib import Path
+import pytest
+
+# Tokenised-data cache of this test session: never the user's ~/.cache.
+os.environ.setdefault('LLM_NB_CACHE', tempfile.mkdtemp(prefix='llm_nb-cache-'))
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+def pytest_collect_file(parent, file_path):
+    if file_path.suffix == '.ipynb' and file_path.parent.name == 'nbs' and not file_path.name.startswith(('_', '.')):
+        return NotebookFile.from_parent(parent, path=file_path)
+
+class NotebookFile(pytest.File):
+    def collect(self): yield NotebookItem.from_parent(self, name=self.path.stem)
+
+class NotebookItem(pytest.Item):
+    def runtest(self):
+        from nbdev.config import get_config
+        from nbdev.test import test_nb
+        ok, _ = test_nb(self.path, skip_flags=get_config().tst_flags.split(), showerr=True)
+        if not ok: raise NotebookFailure(self.path.name)
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, NotebookFailure): return f"{self.path.name} failed: its traceback is printed above (stderr)"
+        return super().repr_failure(excinfo)
+    def reportinfo(self): return self.path, 0, f"notebook {self.path.name}"
+
+class NotebookFailure(Exception): pass

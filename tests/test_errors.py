@@ -1,0 +1,98 @@
+"Bad input gets a clear error that names the key, file or line at fault; nothing saved is lost."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from llm_nb.cli import main, train
+from llm_nb.config import load_config
+from llm_nb.loop import Learner, LMTask, TrainMetricsCB
+from llm_nb.checkpoint import CheckpointCB
+from helpers import tiny_corpus, tiny_overrides
+
+def exit_message(argv) -> str:
+    with pytest.raises(SystemExit) as e: main(argv)
+    return str(e.value.code)
+
+@pytest.fixture(scope='module')
+def docs(tmp_path_factory): return tiny_corpus(tmp_path_factory.mktemp('docs'), n=4)
+
+def test_unknown_key():
+    assert 'unknown config key model.num_layer;' in exit_message(['train', 'model.num_layer=2'])
+
+def test_wrong_type():
+    assert 'training.per_device_train_batch_size: expected int' in exit_message(['train', 'training.per_device_train_batch_size=big'])
+
+def test_bad_choice():
+    assert "training.lr_scheduler_type: 'cosin' is not one of" in exit_message(['train', 'training.lr_scheduler_type=cosin'])
+
+def test_not_implemented_yet():
+    assert "training_type='lora'" in exit_message(['train', 'training_type=lora'])
+    assert 'training.use_rdrop' in exit_message(['train', 'training.use_rdrop=true'])
+
+def test_config_file_errors(tmp_path):
+    assert 'config file not found' in exit_message(['train', '--config', str(tmp_path/'nope.yaml')])
+    bad = tmp_path/'bad.yaml'; bad.write_text('training: [1, 2\n')
+    assert f'{bad}: cannot parse' in exit_message(['train', '--config', str(bad)])
+    j = tmp_path/'c.json'; j.write_text(json.dumps({'training': {'max_steps': '5x'}}))
+    assert 'training.max_steps: expected int' in exit_message(['train', '--config', str(j)])
+
+def test_missing_data_file(tmp_path):
+    assert f'data file not found: {tmp_path}/none.jsonl' in exit_message(['train', f'data.train_file={tmp_path}/none.jsonl'])
+
+def test_malformed_jsonl_names_line(tmp_path):
+    f = tmp_path/'d.jsonl'
+    f.write_text('{"text": "a"}\n{"text": "b"}\n\n{"text": "c"\n')
+    assert f'{f}, line 4: malformed JSON' in exit_message(['train', f'data.train_file={f}'])
+
+def test_missing_text_field(tmp_path):
+    f = tmp_path/'d.jsonl'
+    f.write_text('{"text": "a"}\n{"body": "b"}\n')
+    assert f"{f}, record 2: missing text field 'text'" in exit_message(['train', f'data.train_file={f}'])
+
+def test_empty_dataset(tmp_path):
+    f = tmp_path/'d.jsonl'; f.write_text('\n')
+    assert 'no documents (empty dataset)' in exit_message(['train', f'data.train_file={f}'])
+    f = tmp_path/'e.txt'; f.write_text('   \n\n  \n')
+    assert 'every document is empty' in exit_message(['train', f'data.train_file={f}'])
+
+def test_too_little_data(tmp_path):
+    f = tmp_path/'d.jsonl'; f.write_text('{"text": "a few words"}\n{"text": "and a few more"}\n')
+    assert 'not enough for one block' in exit_message(['train', f'data.train_file={f}', 'data.validation_split=0'])
+
+def test_explicit_corrupt_checkpoint_names_file(tmp_path, docs):
+    out = tmp_path/'out'
+    train(load_config(None, tiny_overrides(out, docs, steps=4, **{'training.save_steps': 2, 'training.eval_steps': 100})))
+    ck = out/'checkpoints'/'step-4'/'model.safetensors'
+    data = bytearray(ck.read_bytes()); data[-1] ^= 0xFF; ck.write_bytes(bytes(data))
+    msg = exit_message(['train', *tiny_overrides(out, docs, steps=6), f'training.resume_from={ck.parent}'])
+    assert f'{ck}: checksum mismatch' in msg
+    # `latest` skips the corrupt one and resumes from step-2
+    with pytest.warns(UserWarning, match='skipping invalid checkpoint'):
+        learn = train(load_config(None, tiny_overrides(out, docs, steps=6, **{'training.resume_from': 'latest'})))
+    assert learn.state.step == 6 and learn.history[0]['step'] <= 2
+
+def test_nan_loss_stops_before_saving(tmp_path):
+    class NaNTask(LMTask):
+        def loss(self, model, batch, n): return super().loss(model, batch, n) * float('nan')
+    from llm_nb.model import build_model
+    from llm_nb.config import ModelConfig
+    m = build_model(ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_length=16), vocab_size=64)
+    dl = torch.utils.data.DataLoader([dict(input_ids=torch.arange(16), labels=torch.arange(16))] * 8, batch_size=4)
+    learn = Learner(m, dl, task=NaNTask(), max_steps=4, cbs=[TrainMetricsCB(2), CheckpointCB(tmp_path, save_steps=2, handle_signals=False)])
+    with pytest.raises(FloatingPointError, match='loss is nan at step 2'): learn.fit()
+    assert not (tmp_path/'checkpoints').exists()
+
+def test_sigterm_saves_interrupted_and_resumes(tmp_path, docs):
+    out = tmp_path/'out'
+    args = tiny_overrides(out, docs, steps=100000, **{'training.save_steps': 100000, 'training.eval_steps': 100000})
+    p = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out/'loss_history.json').exists() and time.time() < deadline and p.poll() is None: time.sleep(0.5)
+    p.send_signal(signal.SIGTERM)
+    stdout, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, stdout[-2000:]
+    assert 'Resume with: llm_nb train' in stdout
+    ck = out/'checkpoints'/'interrupted'
+    step = json.loads((ck/'trainer_state.json').read_text())['state']['step']
+    assert step >= 5 and (out/'final'/'model.safetensors').exists()
+    learn = train(load_config(None, tiny_overrides(out, docs, steps=step + 2, **{'training.resume_from': 'latest'})))
+    assert learn.state.step == step + 2
