@@ -7,7 +7,7 @@ Docs: https://llm-nb.github.io/llm_nb/main.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/11a_main.ipynb #aa51d5b4
+# %% ../nbs/11a_main.ipynb #077fb284
 from .cli import main
 
 if __name__ == '__main__': main()

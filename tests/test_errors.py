@@ -52,13 +52,15 @@ def test_empty_dataset(tmp_path):
     f = tmp_path/'d.jsonl'; f.write_text('\n')
     assert 'no documents (empty dataset)' in exit_message(['train', f'data.train_file={f}'])
     f = tmp_path/'e.txt'; f.write_text('   \n\n  \n')
-    assert 'every document is empty' in exit_message(['train', f'data.train_file={f}'])
+    assert f'{f}: no documents (empty dataset)' in exit_message(['train', f'data.train_file={f}'])
+    f = tmp_path/'e.jsonl'; f.write_text('{"text": " "}\n{"text": ""}\n')
+    assert f'{f}: every document is empty' in exit_message(['train', f'data.train_file={f}'])
 
 def test_too_little_data(tmp_path):
     f = tmp_path/'d.jsonl'; f.write_text('{"text": "a few words"}\n{"text": "and a few more"}\n')
     assert 'not enough for one block' in exit_message(['train', f'data.train_file={f}', 'data.validation_split=0'])
 
-def test_explicit_corrupt_checkpoint_names_file(tmp_path, docs):
+def test_explicit_corrupt_checkpoint_names_file(tmp_path, docs, capsys):
     out = tmp_path/'out'
     train(load_config(None, tiny_overrides(out, docs, steps=4, **{'training.save_steps': 2, 'training.eval_steps': 100})))
     ck = out/'checkpoints'/'step-4'/'model.safetensors'
@@ -68,7 +70,8 @@ def test_explicit_corrupt_checkpoint_names_file(tmp_path, docs):
     # `latest` skips the corrupt one and resumes from step-2
     with pytest.warns(UserWarning, match='skipping invalid checkpoint'):
         learn = train(load_config(None, tiny_overrides(out, docs, steps=6, **{'training.resume_from': 'latest'})))
-    assert learn.state.step == 6 and learn.history[0]['step'] <= 2
+    assert learn.state.step == 6
+    assert f"Resumed from {out/'checkpoints'/'step-2'} at step 2" in capsys.readouterr().out
 
 def test_nan_loss_stops_before_saving(tmp_path):
     class NaNTask(LMTask):
