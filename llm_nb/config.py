@@ -33,7 +33,8 @@ class ModelConfig:
     num_heads: int = 6
     d_ff: int = 1536
     max_length: int = 256  # context length
-    dropout: float = 0.1
+    dropout: float = 0.1           # embedding and residual dropout (GPT-2)
+    attention_dropout: float = 0.0 # dropout on attention probabilities: off by default, see below
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     gradient_checkpointing: bool = False

@@ -21,10 +21,10 @@ def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_
     if cfg.arch == 'gpt2':
         return GPT2Config(vocab_size=vocab_size, n_positions=cfg.max_length, n_embd=cfg.d_model, n_layer=cfg.num_layers,
                           n_head=cfg.num_heads, n_inner=cfg.d_ff, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                          attn_pdrop=cfg.dropout, **ids)
+                          attn_pdrop=cfg.attention_dropout, **ids)
     return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=cfg.max_length, hidden_size=cfg.d_model,
                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.d_ff,
-                       attention_dropout=cfg.dropout, **ids)
+                       attention_dropout=cfg.attention_dropout, **ids)
 
 # %% ../nbs/03_model.ipynb #926e4021
 def build_model(cfg:ModelConfig, tok=None, vocab_size:int|None=None):
