@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from .config import TrainingConfig
 
 # %% auto #0
-__all__ = ['CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets', 'causal_lm_loss', 'LMTask',
-           'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler', 'resolve_mixed_precision',
+__all__ = ['CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets', 'token_losses', 'causal_lm_loss',
+           'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler', 'resolve_mixed_precision',
            'make_accelerator', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'EvalCB',
            'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
 
@@ -40,11 +40,15 @@ def n_targets(batch) -> torch.Tensor:
     "Number of positions that contribute to the causal-LM loss (labels shifted by one, not -100)."
     return (batch['labels'][:, 1:] != -100).sum()
 
+def token_losses(logits, labels):
+    "Next-token cross-entropy at every position, shape `[B, T-1]`, fp32, 0 where the target is -100."
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100,
+                           reduction='none').view(labels.shape)
+
 def causal_lm_loss(logits, labels, n_tokens=None):
     "Next-token cross-entropy summed over non-masked targets, divided by `n_tokens` (default: their count)."
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction='sum')
-    return loss / (n_tokens if n_tokens is not None else (labels != -100).sum())
+    return token_losses(logits, labels).sum() / (n_tokens if n_tokens is not None else n_targets(dict(labels=labels)))
 
 # %% ../nbs/05_loop.ipynb #80dbbf34
 class LMTask:
@@ -53,7 +57,10 @@ class LMTask:
     def forward(self, model, batch):
         return model(input_ids=batch['input_ids'], attention_mask=batch.get('attention_mask')).logits
     def loss(self, model, batch, n_tokens):
-        return causal_lm_loss(self.forward(model, batch), batch['labels'], n_tokens)
+        "The batch's share of the step loss; also keeps each sequence's mean token loss in `sample_losses`."
+        tl = token_losses(self.forward(model, batch), batch['labels'])
+        self.sample_losses = tl.detach().sum(1) / (batch['labels'][:, 1:] != -100).sum(1).clamp(min=1)
+        return tl.sum() / n_tokens
     def eval_sums(self, model, batch) -> dict:
         "Summed loss, correct predictions and target count for one batch (combined across batches)."
         logits, labels = self.forward(model, batch)[:, :-1], batch['labels'][:, 1:]
@@ -171,7 +178,9 @@ def _one_step(self:Learner, micro_batches):
         for i, b in enumerate(self.batch):
             sync = i == len(self.batch) - 1
             with (self.acc.no_sync(self.model) if not sync and self.acc.num_processes > 1 else _nullctx()):
+                self.micro_batch = b
                 self.micro_loss = self.task.loss(self.model, b, n_tok)
+                self.sample_losses = getattr(self.task, 'sample_losses', None)
                 self.event('after_loss')
                 self.event('before_backward')
                 self.acc.backward(self.micro_loss)
