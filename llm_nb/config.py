@@ -191,6 +191,8 @@ def coerce(value, typ, key, meta=None):
             try: return coerce(value, t, key, meta)
             except ConfigError: pass
         raise ConfigError(f"{key}: expected {' or '.join(_tname(a) for a in args)}, got {value!r}")
+    if typ is str and isinstance(value, bool) and 'choices' in meta:  # YAML 1.1 reads `no`/`off` as false
+        value = next((w for w in (('no', 'off', 'false') if not value else ('yes', 'on', 'true')) if w in meta['choices']), value)
     ok = (typ is bool and isinstance(value, bool)
           or typ is int and isinstance(value, int) and not isinstance(value, bool)
           or typ is str and isinstance(value, str)
