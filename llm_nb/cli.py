@@ -56,6 +56,7 @@ def train(cfg:Config, config_file=None) -> Learner:
     block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
     blocks = lm_datasets(splits, tok, block, cfg.data.packing)
     t = cfg.training
+    if t.compile: model.compile()  # in place: parameter names, checkpoints and exports stay those of the plain model
     train_dl = lm_dataloader(blocks['train'], t.per_device_train_batch_size, tok.pad_token_id, train=True, seed=cfg.seed,
                              rank=acc.process_index, world_size=acc.num_processes)
     valid_dl = (lm_dataloader(blocks['validation'], t.per_device_eval_batch_size, tok.pad_token_id, train=False,
@@ -76,7 +77,7 @@ def train(cfg:Config, config_file=None) -> Learner:
     say(f"Data: {len(blocks['train'])} train blocks of {block} tokens" +
         (f", {len(blocks['validation'])} validation blocks" if valid_dl else '') +
         f"; {max_steps} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} sequences; "
-        f"precision {acc.mixed_precision}; device {acc.device}")
+        f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
     learn.fit()
     if acc.is_main_process: save_hf(learn.raw_model, tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}

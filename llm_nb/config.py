@@ -254,7 +254,7 @@ NOT_IMPLEMENTED = {
     'data.domain_field': 'domain sampling', 'data.quality_field': 'quality weighting',
     'training.early_stopping_patience': 'early stopping', 'training.label_smoothing': 'label smoothing',
     'training.use_rdrop': 'R-Drop', 'training.use_ema': 'EMA', 'training.use_llrd': 'layer-wise LR decay',
-    'training.use_cpu_offload': 'CPU-offloaded optimizer', 'training.compile': 'torch.compile',
+    'training.use_cpu_offload': 'CPU-offloaded optimizer',
     'notifications.email_to': 'e-mail notifications',
     **{f'sampling.{f.name}': 'samplers' for f in fields(SamplingConfig) if f.name.startswith('use_')},
 }

@@ -86,3 +86,14 @@ def test_time_budget_stops_checkpoints_and_exports(tmp_path, capsys):
     assert state['step'] == learn.state.step
     assert (tmp_path/'out'/'final'/'model.safetensors').exists()
     assert 'eval_loss' in learn.history[-1]   # evaluated at the end, as any run
+
+def test_compiled_run_matches_eager_and_exports_plain_names(tmp_path):
+    "`training.compile=true`: the same losses as eager (to kernel rounding), and `final/` has the plain parameter names."
+    data = tiny_corpus(tmp_path/'docs', n=4)
+    kw = {'training.logging_steps': 1, 'training.eval_steps': 1000, 'training.mixed_precision': 'no', 'logging.report_to': '[none]'}
+    eager = train(load_config(None, tiny_overrides(tmp_path/'eager', data, steps=4, **kw)))
+    comp = train(load_config(None, tiny_overrides(tmp_path/'comp', data, steps=4, **{'training.compile': True, **kw})))
+    le, lc = [r['loss'] for r in eager.history if 'loss' in r], [r['loss'] for r in comp.history if 'loss' in r]
+    assert len(le) == len(lc) == 4 and all(abs(a - b) < 1e-3 for a, b in zip(le, lc)), (le, lc)
+    m = AutoModelForCausalLM.from_pretrained(tmp_path/'comp'/'final')
+    assert set(m.state_dict()) == set(eager.raw_model.state_dict())

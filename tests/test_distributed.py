@@ -1,0 +1,54 @@
+"""`llm_nb train` under `accelerate launch` with two CPU processes (gloo): the same loss curve as one process with
+the same global batch, one writer (rank 0), and a resume that continues the curve."""
+import json, os, subprocess
+from pathlib import Path
+import pytest
+from llm_nb.distributed import launch_command
+from helpers import tiny_corpus, tiny_overrides, run_cli
+
+STEPS = 12
+def launch(n_proc, *args):
+    cmd, env = launch_command(n_proc, *args, cpu=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+def overrides(out, data, batch, **kw):
+    return tiny_overrides(out, data, steps=STEPS, **{'training.per_device_train_batch_size': batch, 'training.logging_steps': 1,
+                          'training.eval_steps': 6, 'training.save_steps': 6, 'training.mixed_precision': 'no',
+                          'logging.report_to': '[jsonl]', **kw})
+
+def history(out): return json.loads((Path(out)/'loss_history.json').read_text())
+def curve(out, key='loss'): return {r['step']: r[key] for r in history(out) if key in r}
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('ddp')
+    data = tiny_corpus(tmp/'docs', n=4)
+    single = run_cli('train', *overrides(tmp/'single', data, 8), env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = launch(2, 'train', *overrides(tmp/'ddp', data, 4))
+    assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
+    return tmp, data, ddp
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
+    tmp, _, ddp = runs
+    one, two = curve(tmp/'single'), curve(tmp/'ddp')
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    for s in one: assert abs(one[s] - two[s]) < 2e-3, (s, one[s], two[s])
+    e1, e2 = curve(tmp/'single', 'eval_loss'), curve(tmp/'ddp', 'eval_loss')
+    assert sorted(e1) == sorted(e2) == [6, 12]
+    for s in e1: assert abs(e1[s] - e2[s]) < 2e-3, (s, e1[s], e2[s])
+
+def test_only_rank_zero_writes(runs):
+    tmp, _, _ = runs
+    out = tmp/'ddp'
+    lines = (out/'metrics.jsonl').read_text().splitlines()
+    assert len(lines) == len(history(out)), 'every record written once, by one rank'
+    assert sorted(p.name for p in (out/'checkpoints').iterdir()) == ['step-12', 'step-6']
+    assert (out/'final'/'model.safetensors').exists()
+
+def test_resume_under_ddp_continues_the_curve(runs):
+    tmp, data, _ = runs
+    r = launch(2, 'train', *overrides(tmp/'resumed', data, 4, **{'training.resume_from': tmp/'ddp'/'checkpoints'/'step-6'}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    full, resumed = curve(tmp/'ddp'), curve(tmp/'resumed')
+    for s in range(7, STEPS + 1): assert abs(full[s] - resumed[s]) < 1e-5, (s, full[s], resumed[s])
