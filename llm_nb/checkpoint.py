@@ -10,12 +10,13 @@ import hashlib, json, os, random, shutil, signal, sys, time, warnings
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
-from safetensors.torch import save_model, load_model
+from safetensors.torch import save_model, load_model, save_file, load_file
 from .loop import Callback, CancelFit, TrainState
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_folder', 'verify_folder', 'save_hf', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'load_checkpoint', 'latest_checkpoint', 'CheckpointCB', 'greater_is_better', 'BestModelCB']
+__all__ = ['CheckpointError', 'atomic_folder', 'verify_folder', 'save_hf', 'rng_state', 'set_rng_state', 'is_adapter_model',
+           'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'CheckpointCB',
+           'greater_is_better', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
@@ -97,11 +98,34 @@ def _versions():
     return dict(llm_nb=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=accelerate.__version__, python=sys.version.split()[0])
 
+# %% ../nbs/09_checkpointing.ipynb #d6e3ee35
+def is_adapter_model(model) -> bool: return hasattr(model, 'peft_config')
+
+def save_weights(model, folder):
+    "The trainable state of `model` as safetensors in `folder`: the full model, or only a peft model's adapter."
+    folder = Path(folder)
+    if is_adapter_model(model):
+        from peft import get_peft_model_state_dict
+        save_file({k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder/'adapter.safetensors')
+    else: save_model(model, str(folder/'model.safetensors'))
+
+def load_weights(model, folder):
+    "Load what `save_weights` wrote into `model`; a missing or unexpected tensor is an error naming the file."
+    folder = Path(folder)
+    if (folder/'adapter.safetensors').exists():
+        from peft import set_peft_model_state_dict
+        if not is_adapter_model(model): raise CheckpointError(f"{folder/'adapter.safetensors'}: an adapter checkpoint, but the model has no adapter")
+        res = set_peft_model_state_dict(model, load_file(folder/'adapter.safetensors'))
+        if res.unexpected_keys: raise CheckpointError(f"{folder/'adapter.safetensors'}: tensors the model lacks: {res.unexpected_keys[:5]}")
+    else: load_model(model, str(folder/'model.safetensors'), strict=True)
+
 # %% ../nbs/09_checkpointing.ipynb #aaf69e06
 def save_checkpoint(learn, path, config:dict|None=None, tok=None):
     "Write everything needed to resume `learn` (and its tokenizer) into the folder `path`, atomically."
     def write(tmp):
-        save_model(learn.raw_model, str(tmp/'model.safetensors'))
+        save_weights(learn.raw_model, tmp)
+        for c in learn.cbs:
+            if hasattr(c, 'save_tensors'): c.save_tensors(tmp)
         torch.save(learn.opt.state_dict(), tmp/'optimizer.pt')
         extra = dict(rng=rng_state())
         if learn.sched is not None: extra['scheduler'] = learn.sched.state_dict()
@@ -124,7 +148,7 @@ def load_checkpoint(learn, path):
     path = verify_folder(path)
     meta = json.loads((path/'trainer_state.json').read_text())
     opt_state, extra = _safe_load(path/'optimizer.pt'), _safe_load(path/'state.pt')
-    load_model(learn.raw_model, str(path/'model.safetensors'), strict=True)
+    load_weights(learn.raw_model, path)
     learn.opt.load_state_dict(opt_state)
     if learn.sched is not None and 'scheduler' in extra: learn.sched.load_state_dict(extra['scheduler'])
     if learn.acc.scaler is not None and 'scaler' in extra: learn.acc.scaler.load_state_dict(extra['scaler'])
@@ -132,6 +156,7 @@ def load_checkpoint(learn, path):
     learn.state, learn.history = TrainState(**meta['state']), meta['history']
     for c in learn.cbs:
         if type(c).__name__ in meta['callbacks']: c.load_state_dict(meta['callbacks'][type(c).__name__])
+        if hasattr(c, 'load_tensors'): c.load_tensors(path)
     return meta
 
 # %% ../nbs/09_checkpointing.ipynb #9cafc6f8
