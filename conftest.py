@@ -28,3 +28,15 @@ class NotebookItem(pytest.Item):
     def reportinfo(self): return self.path, 0, f"notebook {self.path.name}"
 
 class NotebookFailure(Exception): pass
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', help='also run tests marked slow (real pretrained models, multi-process launches)')
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'gpu: needs a CUDA GPU; skipped without one')
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--runslow'): return
+    skip = pytest.mark.skip(reason='slow: run with --runslow')
+    for item in items:
+        if 'slow' in item.keywords: item.add_marker(skip)

@@ -10,12 +10,13 @@ import hashlib, json, os, random, shutil, signal, sys, time, warnings
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
-from safetensors.torch import save_model, load_model, save_file, load_file
+from safetensors.torch import save_model, load_model, load_file
+from .lora import is_peft, save_adapter_state, load_adapter_state
 from .loop import Callback, CancelFit, TrainState
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_folder', 'verify_folder', 'save_hf', 'rng_state', 'set_rng_state', 'is_adapter_model',
-           'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'CheckpointCB',
+__all__ = ['CheckpointError', 'atomic_folder', 'verify_folder', 'save_hf', 'rng_state', 'set_rng_state', 'save_weights',
+           'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'CheckpointCB',
            'greater_is_better', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
@@ -98,25 +99,20 @@ def _versions():
     return dict(llm_nb=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=accelerate.__version__, python=sys.version.split()[0])
 
-# %% ../nbs/09_checkpointing.ipynb #d6e3ee35
-def is_adapter_model(model) -> bool: return hasattr(model, 'peft_config')
-
+# %% ../nbs/09_checkpointing.ipynb #76ca3abd
 def save_weights(model, folder):
     "The trainable state of `model` as safetensors in `folder`: the full model, or only a peft model's adapter."
     folder = Path(folder)
-    if is_adapter_model(model):
-        from peft import get_peft_model_state_dict
-        save_file({k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}, folder/'adapter.safetensors')
+    if is_peft(model): save_adapter_state(model, folder/'adapter.safetensors')
     else: save_model(model, str(folder/'model.safetensors'))
 
 def load_weights(model, folder):
-    "Load what `save_weights` wrote into `model`; a missing or unexpected tensor is an error naming the file."
+    "Load what `save_weights` wrote into `model`; a missing, unexpected or misshapen tensor is an error naming the file."
     folder = Path(folder)
     if (folder/'adapter.safetensors').exists():
-        from peft import set_peft_model_state_dict
-        if not is_adapter_model(model): raise CheckpointError(f"{folder/'adapter.safetensors'}: an adapter checkpoint, but the model has no adapter")
-        res = set_peft_model_state_dict(model, load_file(folder/'adapter.safetensors'))
-        if res.unexpected_keys: raise CheckpointError(f"{folder/'adapter.safetensors'}: tensors the model lacks: {res.unexpected_keys[:5]}")
+        if not is_peft(model): raise CheckpointError(f"{folder/'adapter.safetensors'}: an adapter checkpoint, but the model has no adapter")
+        try: load_adapter_state(model, folder/'adapter.safetensors')
+        except KeyError as e: raise CheckpointError(e.args[0]) from None
     else: load_model(model, str(folder/'model.safetensors'), strict=True)
 
 # %% ../nbs/09_checkpointing.ipynb #aaf69e06

@@ -16,9 +16,14 @@ from .model import build_model, describe
 from .loop import (Learner, LMTask, make_accelerator, make_optimizer, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError
+from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB
+from .notify import EmailNotifyCB
+from .samplers import check_sampling, block_fields, train_sampler
+from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
+from .lora import lora_model, describe_trainable, is_peft, merge_lora
 
 # %% auto #0
-__all__ = ['config_callbacks', 'train', 'load_model_folder', 'evaluate', 'generate', 'main']
+__all__ = ['config_callbacks', 'training_data', 'train', 'load_model_folder', 'evaluate', 'generate', 'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
@@ -29,6 +34,11 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
     if 'tensorboard' in cfg.logging.report_to: cbs.append(TensorBoardCB(out))
     if 'jsonl' in cfg.logging.report_to: cbs.append(JsonlCB(out))
     if t.max_training_hours is not None: cbs.append(TimeBudgetCB(t.max_training_hours))
+    n = cfg.notifications
+    cbs += [MFUCB(), GPUUtilCB(), AlertsCB(n.alerts), PlotsCB(out)]  # alerts are always on
+    if 'wandb' in cfg.logging.report_to:
+        cbs.append(WandbCB(out, cfg.logging.wandb_project, cfg.logging.run_name, config_to_dict(cfg)))
+    if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
     return cbs
 
 def _resume_path(cfg:Config, out:Path):
@@ -42,6 +52,36 @@ def _resume_path(cfg:Config, out:Path):
     return Path(r)
 
 # %% ../nbs/11_cli.ipynb #e40b5083
+def _is_sft(cfg:Config) -> bool: return cfg.training_type == 'sft' or (cfg.training_type == 'lora' and wants_sft(cfg.data))
+
+def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
+    "Loaders, task, optimizer-step count and extra callbacks for `cfg.training_type` (pretraining blocks or SFT rows)."
+    t, rank, world = cfg.training, acc.process_index, acc.num_processes
+    if _is_sft(cfg):
+        if any(getattr(cfg.sampling, f) for f in ('use_curriculum', 'use_length_curriculum', 'use_dynamic_curriculum', 'use_domain_stratified', 'use_quality_weighting')):
+            raise ConfigError("sampling.use_*: the samplers work on pretraining blocks; SFT examples are sampled uniformly")
+        rows = sft_datasets(splits, tok, block, cfg.data.packing)
+        make = lambda r, bs, train, **kw: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank, world_size=world)
+        task, sampler, cbs = SFTTask(), None, []
+    else:
+        check_sampling(cfg.sampling, cfg.data, block)
+        rows = lm_datasets(splits, tok, block, cfg.data.packing, **block_fields(cfg.sampling, cfg.data))
+        sampler, cbs = train_sampler(cfg.sampling, cfg.data, rows['train'], t.per_device_train_batch_size, cfg.seed, rank, world,
+                                     t.logging_steps, rows.get('validation'))
+        with_index = sampler is not None or bool(cbs)
+        make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
+                                                                 world_size=world, sampler=sampler, with_index=with_index)
+        task = LMTask()
+    train_dl = make(rows['train'], t.per_device_train_batch_size, True, sampler=sampler)
+    valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
+    steps_per_epoch = len(train_dl) // t.gradient_accumulation_steps
+    if steps_per_epoch == 0: raise DataError(f"one optimizer step needs {t.gradient_accumulation_steps} batches; the data has {len(train_dl)}")
+    if t.max_steps > 0: max_steps = t.max_steps
+    elif sampler is not None: max_steps = sampler.steps_in(t.num_train_epochs, t.gradient_accumulation_steps)  # curriculum epochs differ in length
+    else: max_steps = math.ceil(t.num_train_epochs * steps_per_epoch)
+    return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs,
+                n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
+
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes; write the output folder; return the fitted `Learner`."
     out = Path(cfg.output_dir)
@@ -49,24 +89,21 @@ def train(cfg:Config, config_file=None) -> Learner:
     say = acc.print
     transformers.set_seed(cfg.seed)
     ck = _resume_path(cfg, out)
-    splits = load_splits(cfg.data, cfg.seed)
+    sft = _is_sft(cfg)
+    splits = sft_splits(cfg.data, cfg.seed) if sft else load_splits(cfg.data, cfg.seed)
     if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
-    else: tok = load_tokenizer(cfg.tokenizer, splits['train']['text'])
-    model = build_model(cfg.model, tok)
-    block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
-    blocks = lm_datasets(splits, tok, block, cfg.data.packing)
+    else: tok = load_tokenizer(cfg.tokenizer, list(example_texts(splits['train'])) if sft else splits['train']['text'])
+    if sft: tok = ensure_chat_template(tok)
+    model = lora_model(cfg, tok) if cfg.training_type == 'lora' else build_model(cfg.model, tok)
+    if sft: prepare_model_for_chat(model, tok)
     t = cfg.training
     if t.compile: model.compile()  # in place: parameter names, checkpoints and exports stay those of the plain model
-    train_dl = lm_dataloader(blocks['train'], t.per_device_train_batch_size, tok.pad_token_id, train=True, seed=cfg.seed,
-                             rank=acc.process_index, world_size=acc.num_processes)
-    valid_dl = (lm_dataloader(blocks['validation'], t.per_device_eval_batch_size, tok.pad_token_id, train=False,
-                              rank=acc.process_index, world_size=acc.num_processes) if 'validation' in blocks else None)
-    steps_per_epoch = len(train_dl) // t.gradient_accumulation_steps
-    if steps_per_epoch == 0: raise DataError(f"one optimizer step needs {t.gradient_accumulation_steps} batches; the data has {len(train_dl)}")
-    max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+    block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
+    d = training_data(cfg, splits, tok, block, acc)
     opt = make_optimizer(model, t)
-    learn = Learner(model, train_dl, valid_dl, LMTask(), opt, make_scheduler(opt, t, max_steps), config_callbacks(cfg, tok, out),
-                    max_steps=max_steps, grad_accum=t.gradient_accumulation_steps, accelerator=acc)
+    learn = Learner(model, d['train_dl'], d['valid_dl'], d['task'], opt, make_scheduler(opt, t, d['max_steps']),
+                    config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,
+                    accelerator=acc)
     if ck is not None:
         load_checkpoint(learn, ck)
         say(f"Resumed from {ck} at step {learn.state.step}")
@@ -74,9 +111,10 @@ def train(cfg:Config, config_file=None) -> Learner:
         save_config(cfg, out/'training_config.json')
         if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
     say(describe(learn.raw_model, block))
-    say(f"Data: {len(blocks['train'])} train blocks of {block} tokens" +
-        (f", {len(blocks['validation'])} validation blocks" if valid_dl else '') +
-        f"; {max_steps} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} sequences; "
+    if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
+    say(f"Data: {d['n_train']} train {'rows' if sft else 'blocks'} of {block} tokens" +
+        (f", {d['n_valid']} validation {'rows' if sft else 'blocks'}" if d['valid_dl'] else '') +
+        f"; {d['max_steps']} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} sequences; "
         f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
     learn.fit()
     if acc.is_main_process: save_hf(learn.raw_model, tok, out/'final')
@@ -91,10 +129,15 @@ def load_model_folder(path):
     "Model and tokenizer from an HF folder (safetensors, no remote code)."
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = Path(path)
-    if not (path/'config.json').exists(): raise FileNotFoundError(f"--model_path {path}: not a model folder (no config.json)")
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if (path/'tokenizer_config.json').exists() else None
+    if (path/'adapter_config.json').exists():  # a LoRA run's final/ or best/: the base model plus the adapter
+        from peft import AutoPeftModelForCausalLM
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+    elif (path/'config.json').exists(): model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, attn_implementation='sdpa')
+    else: raise FileNotFoundError(f"--model_path {path}: not a model folder (no config.json or adapter_config.json)")
+    if tok is None: raise FileNotFoundError(f"--model_path {path}: no tokenizer saved with the model")
     if tok.pad_token is None: tok.pad_token = tok.eos_token
-    return AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, attn_implementation='sdpa'), tok
+    return model, tok
 
 def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     "Loss, perplexity and token accuracy of the model in `model_path` on `data` or its training run's split."
@@ -134,8 +177,10 @@ def _parser():
     g.add_argument('--model_path', required=True); g.add_argument('--prompt', required=True)
     g.add_argument('--max_new_tokens', type=int, default=50); g.add_argument('--temperature', type=float, default=1.0)
     g.add_argument('--top_k', type=int, default=50); g.add_argument('--top_p', type=float, default=1.0)
-    for name, what in (('merge-lora', 'LoRA merging'), ('lr-find', 'the learning-rate finder')):
-        sub.add_parser(name, help=f'{what} (not implemented yet)').set_defaults(missing=what)
+    m = sub.add_parser('merge-lora', help='merge a LoRA adapter folder into its base model: a standalone HF model')
+    m.add_argument('--adapter', required=True); m.add_argument('--output', required=True)
+    m.add_argument('--base', help="base model folder (default: the adapter's base_model_name_or_path)")
+    sub.add_parser('lr-find', help='the learning-rate finder (not implemented yet)').set_defaults(missing='the learning-rate finder')
     return p
 
 def main(argv=None):
@@ -151,5 +196,6 @@ def main(argv=None):
             print(json.dumps(r))
         elif args.command == 'generate':
             print(generate(args.model_path, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
-    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError) as e:
+        elif args.command == 'merge-lora': print(f"Merged model written to {merge_lora(args.adapter, args.output, args.base)}")
+    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError) as e:
         sys.exit(f"llm_nb {args.command}: error: {e}")

@@ -15,7 +15,7 @@ import yaml
 __all__ = ['REPORTERS', 'NOT_IMPLEMENTED', 'NOT_IMPLEMENTED_VALUES', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
            'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig', 'NotificationsConfig',
            'Config', 'ConfigError', 'coerce', 'from_dict', 'apply_override', 'read_config_file', 'check_implemented',
-           'apply_ablation', 'load_config', 'config_to_dict', 'save_config']
+           'apply_ablation', 'load_config', 'check_combinations', 'config_to_dict', 'save_config']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 def choice(default, options):
@@ -56,6 +56,7 @@ class DataConfig:
     text_field: str = 'text'
     domain_field: str|None = None
     quality_field: str|None = None
+    difficulty_field: str = 'difficulty'  # column of difficulty scores, for sampling.curriculum_strategy=difficulty_field
     packing: bool = True
 
 # %% ../nbs/00_config.ipynb #80626da6
@@ -107,6 +108,7 @@ class SamplingConfig:
     use_curriculum: bool = False
     curriculum_strategy: str = choice('length', ['length', 'difficulty_field'])
     curriculum_start_fraction: float = 0.7
+    curriculum_epochs: int = 2  # the epoch by which the curriculum admits all data
     use_length_curriculum: bool = False
     start_length: int = 128
     end_length: int = 2048
@@ -250,16 +252,11 @@ def read_config_file(path) -> dict:
 
 # %% ../nbs/00_config.ipynb #aefb729a
 NOT_IMPLEMENTED = {
-    'model.load_in_4bit': 'QLoRA', 'model.load_in_8bit': 'QLoRA',
-    'data.domain_field': 'domain sampling', 'data.quality_field': 'quality weighting',
     'training.early_stopping_patience': 'early stopping', 'training.label_smoothing': 'label smoothing',
     'training.use_rdrop': 'R-Drop', 'training.use_ema': 'EMA', 'training.use_llrd': 'layer-wise LR decay',
     'training.use_cpu_offload': 'CPU-offloaded optimizer',
-    'notifications.email_to': 'e-mail notifications',
-    **{f'sampling.{f.name}': 'samplers' for f in fields(SamplingConfig) if f.name.startswith('use_')},
 }
-NOT_IMPLEMENTED_VALUES = {'training_type': ('sft', 'lora', 'dpo'), 'data.format': ('chat', 'instruction', 'preference'),
-                          'logging.report_to': ('wandb',)}
+NOT_IMPLEMENTED_VALUES = {'training_type': ('dpo',), 'data.format': ('preference',)}
 
 def _get(cfg, key):
     for p in key.split('.'): cfg = getattr(cfg, p)
@@ -294,7 +291,16 @@ def load_config(path=None, overrides=()) -> Config:
     for o in overrides: apply_override(d, o)
     cfg = apply_ablation(from_dict(Config, d))
     check_implemented(cfg)
+    check_combinations(cfg)
     return cfg
+
+def check_combinations(cfg:Config):
+    "Raise `ConfigError` naming the keys of settings that cannot work together."
+    m = cfg.model
+    if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
+    if (m.load_in_4bit or m.load_in_8bit) and cfg.training_type != 'lora':
+        raise ConfigError(f'model.load_in_4bit/load_in_8bit with training_type={cfg.training_type}: k-bit weights cannot be '
+                          'trained directly; use training_type=lora (QLoRA)')
 
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 

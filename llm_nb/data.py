@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Sampler
 from .config import DataConfig
 
 # %% auto #0
-__all__ = ['DataError', 'sotu_dir', 'read_documents', 'load_splits', 'cache_dir', 'tokenise', 'make_blocks', 'collate_lm',
-           'EpochSampler', 'lm_datasets', 'lm_dataloader']
+__all__ = ['DataError', 'sotu_dir', 'read_documents', 'load_splits', 'cache_dir', 'tokenise', 'make_blocks', 'Blocks',
+           'make_blocks_meta', 'collate_lm', 'IndexedBlocks', 'collate_indexed', 'EpochSampler', 'lm_datasets',
+           'lm_dataloader']
 
 # %% ../nbs/02_data.ipynb #87b72acf
 class DataError(ValueError):
@@ -125,6 +126,57 @@ def make_blocks(ids_per_doc, block_size:int, eos_id:int, packing:bool=True) -> l
         out += [torch.tensor(ids[i:i + block_size]) for i in range(0, len(ids), block_size)]
     return out
 
+# %% ../nbs/02_data.ipynb #22e22d7f
+class Blocks(list):
+    "A list of token blocks with per-block metadata `meta` (name → array) and the domain names `domains`."
+    def __init__(self, blocks=(), meta=None, domains=None):
+        super().__init__(blocks)
+        self.meta, self.domains = meta or {}, domains
+
+def _check_numeric(name, values, where='the data', unit=False):
+    for i, v in enumerate(values, 1):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(f"{where}, record {i}: field {name!r} must be a finite number, got {v!r}")
+        if unit and not 0 <= v <= 1: raise DataError(f"{where}, record {i}: field {name!r} must be in [0, 1], got {v!r}")
+    return np.asarray(values, dtype=np.float64)
+
+def _blocks_meta_one(ids_per_doc, block_size, eos_id, packing, num):
+    "Blocks and per-block numeric meta (token-weighted means) for one group of documents."
+    lens = np.array([len(ids) + 1 for ids in ids_per_doc], dtype=np.int64)
+    num = {'length': lens.astype(np.float64), **num}
+    blocks = make_blocks(ids_per_doc, block_size, eos_id, packing)
+    if packing:  # token-weighted mean per block from cumulative sums at the block edges: O(docs + blocks) memory
+        ends = np.cumsum(lens); starts = ends - lens
+        edge = np.arange(len(blocks) + 1) * block_size
+        j = np.minimum(np.searchsorted(ends, edge, side='right'), len(lens) - 1)   # the document holding each edge
+        def means(v):
+            cum = np.concatenate([[0.], np.cumsum(v * lens)])
+            return np.diff(cum[j] + (edge - starts[j]) * v[j]) / block_size
+        return blocks, {k: means(v) for k, v in num.items()}
+    per_doc = np.repeat(np.arange(len(lens)), (lens + block_size - 1) // block_size)
+    return blocks, {k: v[per_doc] for k, v in num.items()}
+
+def make_blocks_meta(ids_per_doc, block_size:int, eos_id:int, packing:bool=True, doc_meta:dict|None=None,
+                     group:str|None=None, where:str='the data', unit_fields=()) -> Blocks:
+    "`make_blocks` that also returns per-block `meta`: `length`, token-weighted means of `doc_meta`, and the `group` id."
+    doc_meta = dict(doc_meta or {})
+    groups = doc_meta.pop(group) if group else None
+    num = {k: _check_numeric(k, v, where, k in unit_fields) for k, v in doc_meta.items()}
+    if groups is None:
+        blocks, meta = _blocks_meta_one(ids_per_doc, block_size, eos_id, packing, num)
+        return Blocks(blocks, meta)
+    for i, g in enumerate(groups, 1):
+        if not isinstance(g, (str, int)) or isinstance(g, bool): raise DataError(f"{where}, record {i}: field {group!r} must be a string, got {g!r}")
+    names = sorted({str(g) for g in groups})
+    gid = np.array([names.index(str(g)) for g in groups])
+    out, metas = [], []
+    for d, name in enumerate(names):
+        sel = np.flatnonzero(gid == d)
+        try: b, m = _blocks_meta_one([ids_per_doc[i] for i in sel], block_size, eos_id, packing, {k: v[sel] for k, v in num.items()})
+        except DataError as e: raise DataError(f"{where}: {group} {name!r}: {e}") from None
+        out += b; metas.append({**m, 'domain': np.full(len(b), d)})
+    return Blocks(out, {k: np.concatenate([m[k] for m in metas]) for k in metas[0]}, names)
+
 # %% ../nbs/02_data.ipynb #a3cbb92e
 def collate_lm(blocks, pad_id:int) -> dict:
     "Stack token blocks into a causal-LM batch; pad (label -100) only when lengths differ."
@@ -137,6 +189,21 @@ def collate_lm(blocks, pad_id:int) -> dict:
     m = torch.zeros((len(blocks), n), dtype=torch.long)
     for i, b in enumerate(blocks): x[i, :len(b)], y[i, :len(b)], m[i, :len(b)] = b, b, 1
     return dict(input_ids=x, labels=y, attention_mask=m)
+
+# %% ../nbs/02_data.ipynb #3cf3b24b
+class IndexedBlocks(torch.utils.data.Dataset):
+    "Wraps `Blocks`: item `i` is `(i, block)`, so the collate function can add `index` (and `domain`) to the batch."
+    def __init__(self, blocks): self.blocks = blocks
+    def __len__(self): return len(self.blocks)
+    def __getitem__(self, i): return i, self.blocks[i]
+
+def collate_indexed(items, pad_id:int, domain=None) -> dict:
+    "`collate_lm` of `(index, block)` items, plus `index` (and `domain` ids when `domain` is given) LongTensors."
+    idx = torch.tensor([i for i, _ in items], dtype=torch.long)
+    b = collate_lm([x for _, x in items], pad_id)
+    b['index'] = idx
+    if domain is not None: b['domain'] = torch.as_tensor(domain)[idx].long()
+    return b
 
 # %% ../nbs/02_data.ipynb #7aa02727
 class EpochSampler(Sampler):
@@ -153,17 +220,27 @@ class EpochSampler(Sampler):
     def state_dict(self): return dict(epoch=self.epoch, seed=self.seed)
 
 # %% ../nbs/02_data.ipynb #ecd9c94e
-def lm_datasets(splits:datasets.DatasetDict, tok, block_size:int, packing:bool=True) -> dict:
-    "Blocks of token ids for every split of `splits`."
-    out = {}
+def lm_datasets(splits:datasets.DatasetDict, tok, block_size:int, packing:bool=True, meta_fields=(), group_field:str|None=None,
+                unit_fields=()) -> dict:
+    "`Blocks` of token ids for every split of `splits`, with per-block `meta` from the `meta_fields` (those in `unit_fields` in [0, 1]) and `group_field` columns."
+    out, fields = {}, [f for f in (*meta_fields, group_field) if f]
     for name, ds in splits.items():
-        out[name] = make_blocks(tokenise(ds, tok)['input_ids'], block_size, tok.eos_token_id, packing)
+        for f in fields:
+            if f not in ds.column_names: raise DataError(f"{name} split: no field {f!r} (columns: {ds.column_names})")
+        # metadata from the documents themselves, not the tokenised cache (keyed by the text alone)
+        out[name] = make_blocks_meta(tokenise(ds, tok)['input_ids'], block_size, tok.eos_token_id, packing,
+                                     {f: ds[f] for f in fields}, group_field, where=f'{name} split', unit_fields=unit_fields)
     return out
 
-def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1):
-    "A `DataLoader` over token blocks with an `EpochSampler` (shuffled for training)."
-    sampler = EpochSampler(len(blocks), seed, shuffle=train, rank=rank, world_size=world_size)
+def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1,
+                  sampler=None, with_index:bool=False):
+    "A `DataLoader` over token blocks with `sampler` (default an `EpochSampler`, shuffled for training); `with_index` adds `index`/`domain`."
+    sampler = sampler or EpochSampler(len(blocks), seed, shuffle=train, rank=rank, world_size=world_size)
     if train and len(sampler) < batch_size:
         raise DataError(f"{len(blocks)} training blocks: fewer than one batch of {batch_size}; lower the batch size or add data")
-    return DataLoader(blocks, batch_size=batch_size, sampler=sampler, drop_last=train, generator=torch.Generator().manual_seed(seed),
-                      collate_fn=lambda b: collate_lm(b, pad_id), pin_memory=torch.cuda.is_available())
+    if with_index:
+        dom = blocks.meta.get('domain') if isinstance(blocks, Blocks) else None
+        ds, collate = IndexedBlocks(blocks), lambda b: collate_indexed(b, pad_id, dom)
+    else: ds, collate = blocks, lambda b: collate_lm(b, pad_id)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train, generator=torch.Generator().manual_seed(seed),
+                      collate_fn=collate, pin_memory=torch.cuda.is_available())

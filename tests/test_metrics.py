@@ -1,0 +1,193 @@
+"Metrics, loggers, plots and alerts (`llm_nb.metrics`): each against a reference computed another way."
+import glob, logging, math, os, sys, types
+from pathlib import Path
+import pytest, torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from llm_nb.loop import Learner, ClipGradCB, TrainMetricsCB, EvalCB, HistoryCB, JsonlCB
+from llm_nb.model import flops_per_token
+from llm_nb.metrics import (MFUCB, PlotsCB, DomainEvalCB, AlertsCB, WandbCB, per_domain_eval, plot_metrics, bleu_rouge,
+                            generate_batch, table_peak, peak_flops, check_thresholds)
+from llm_nb.config import ConfigError
+
+V, T = 64, 16
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0, eos_token_id=0))
+
+def rows(n, seed=0, domains=3, pad_last=True):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        x = torch.randint(0, V, (T,), generator=g)
+        y, m = x.clone(), torch.ones(T, dtype=torch.long)
+        if pad_last and i % 4 == 3: y[T//2:], m[T//2:] = -100, 0   # unequal target counts per row
+        out.append(dict(input_ids=x, labels=y, attention_mask=m, domain=torch.tensor(i % domains)))
+    return out
+
+def dl(rs, bs=4, shuffle=False): return torch.utils.data.DataLoader(rs, batch_size=bs, shuffle=shuffle)
+
+def learner(cbs, n=16, steps=4, valid=None, model=None):
+    model = model or tiny_model()
+    return Learner(model, dl(rows(n)), valid, opt=torch.optim.AdamW(model.parameters(), lr=1e-3), max_steps=steps,
+                   mixed_precision='no', cbs=cbs)
+
+# --- MFU -------------------------------------------------------------------------------------------------------------
+def test_mfu_is_tokens_per_sec_times_flops_over_peak():
+    learn = learner([ClipGradCB(1.0), TrainMetricsCB(2), MFUCB(peak=1e12)]).fit()
+    recs = [r for r in learn.history if 'tokens_per_sec' in r]
+    assert len(recs) == 2
+    fpt = flops_per_token(learn.raw_model, T)
+    for r in recs: assert r['mfu'] == pytest.approx(r['tokens_per_sec'] * fpt / 1e12, rel=1e-12)
+
+def test_peak_table_and_cpu_measurement():
+    assert table_peak('NVIDIA H100 80GB HBM3', 'bf16') == 989e12 and table_peak('NVIDIA H100 80GB HBM3', 'no') == 67e12
+    assert table_peak('NVIDIA H200') == 989e12 and table_peak('NVIDIA A100-PCIE-40GB') == 312e12
+    assert table_peak('NVIDIA A10') == 125e12 and table_peak('NVIDIA L4') == 121e12
+    assert table_peak('Unknown Accelerator 9000') is None
+    # the measured CPU peak is in the range of a real GEMM rate and is never below what one matmul achieves
+    import time
+    p = peak_flops('cpu', 'no')
+    a = torch.randn(512, 512); t = time.perf_counter(); a @ a; one = 2 * 512**3 / (time.perf_counter() - t)
+    assert 1e8 < p < 1e14 and p > 0.2 * one
+
+# --- per-domain evaluation --------------------------------------------------------------------------------------------
+def test_domain_eval_matches_evaluating_each_domain_alone():
+    vrows = rows(24, seed=5)
+    model = tiny_model(1)
+    learn = learner([DomainEvalCB(['web', 'code', 'books'])], valid=dl(vrows, 5), model=model)
+    m = learn.validate()
+    plain = Learner(model, None, dl(vrows, 5), mixed_precision='no').validate()
+    for k in ('eval_loss', 'eval_perplexity', 'eval_token_accuracy'): assert m[k] == pytest.approx(plain[k], rel=1e-6)
+    for d, name in enumerate(['web', 'code', 'books']):
+        ref = Learner(model, None, dl([r for r in vrows if int(r['domain']) == d], 3), mixed_precision='no').validate()
+        assert m[f'eval_{name}_loss'] == pytest.approx(ref['eval_loss'], rel=1e-5)
+        assert m[f'eval_{name}_perplexity'] == pytest.approx(ref['eval_perplexity'], rel=1e-5)
+        assert m[f'eval_{name}_token_accuracy'] == pytest.approx(ref['eval_token_accuracy'], rel=1e-6)
+    assert learn.task.__class__.__name__ == 'LMTask'   # unwrapped after validation
+    # the standalone function gives the same numbers
+    f = per_domain_eval(model, dl(vrows, 7), ['web', 'code', 'books'])
+    for k, v in m.items(): assert f[k] == pytest.approx(v, rel=1e-5), k
+
+def test_domain_eval_logged_by_evalcb_and_absent_without_domains():
+    learn = learner([EvalCB(2), DomainEvalCB(['a', 'b', 'c'])], valid=dl(rows(8, seed=2))).fit()
+    assert all(f'eval_{d}_loss' in learn.history[-1] for d in 'abc')
+    no_dom = [{k: v for k, v in r.items() if k != 'domain'} for r in rows(8)]
+    m = learner([DomainEvalCB(['a'])], valid=dl(no_dom)).validate()
+    assert sorted(m) == ['eval_loss', 'eval_perplexity', 'eval_token_accuracy']
+
+def test_domain_id_without_a_name_is_a_clear_error():
+    with pytest.raises(ValueError, match='outside 0..1'): learner([DomainEvalCB(['a', 'b'])], valid=dl(rows(8))).validate()
+
+# --- generation metrics ----------------------------------------------------------------------------------------------
+def test_bleu_rouge_reference_values():
+    import sacrebleu
+    preds, refs = ['the cat sat on the mat', 'a quick brown fox'], ['the cat sat on a mat', 'the quick brown fox jumps']
+    r = bleu_rouge(preds, refs)
+    assert r['bleu'] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    # ROUGE-1 F by hand: pair 1 has 5 of 6 unigrams in common both ways; pair 2 has 3 of 4 vs 3 of 5
+    f2 = 2 * (3/4) * (3/5) / (3/4 + 3/5)
+    assert r['rouge1'] == pytest.approx((5/6 + f2) / 2)
+    with pytest.raises(ValueError, match='no prompt/reference pairs'): bleu_rouge([], [])
+
+def test_batched_generation_equals_one_at_a_time():
+    from llm_nb.tokenisation import train_tokenizer
+    tok = train_tokenizer(['the cat sat on the mat and the dog ran far away from home'] * 20, 300)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    prompts = ['the cat', 'the dog ran far away', 'home']
+    side = tok.padding_side
+    batched = generate_batch(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [generate_batch(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single
+    assert tok.padding_side == side   # restored after left-padded generation
+
+# --- plots -------------------------------------------------------------------------------------------------------------
+def test_plot_metrics_writes_the_plots_that_have_data(tmp_path):
+    h = [dict(step=s, loss=4 - s/10, learning_rate=1e-3, tokens_per_sec=100.) for s in range(1, 6)] + [dict(step=5, eval_loss=3.5, eval_perplexity=33.)]
+    p = plot_metrics(h, tmp_path/'plots')
+    assert sorted(x.name for x in (tmp_path/'plots').iterdir()) == ['learning_rate.png', 'loss.png', 'perplexity.png', 'tokens_per_sec.png']
+    assert all(v.stat().st_size > 1000 for v in p.values())
+    assert sorted(plot_metrics([dict(step=1, learning_rate=1.)], tmp_path/'p2')) == ['learning_rate']
+
+def test_plots_cb_replaces_history_plot(tmp_path):
+    learn = learner([TrainMetricsCB(1), EvalCB(2), HistoryCB(tmp_path), PlotsCB(tmp_path)], valid=dl(rows(4))).fit()
+    assert sorted(p.name for p in (tmp_path/'plots').iterdir()) == ['learning_rate.png', 'loss.png', 'perplexity.png', 'tokens_per_sec.png']
+    import matplotlib.image as mpimg
+    assert mpimg.imread(tmp_path/'plots'/'loss.png').shape[:2] == (320, 500)   # plot_metrics' 5x3.2 in at 100 dpi, not HistoryCB's
+
+# --- alerts ------------------------------------------------------------------------------------------------------------
+class LogKL:
+    order = 60
+    def __init__(self, values): self.values = values
+    def after_step(self, learn): learn.log(kl=self.values[learn.state.step - 1], difficult_ratio=0.1)
+
+def test_alerts_warn_once_per_activation_and_clear(caplog):
+    learn = learner([LogKL([0.5, 2.0, 3.0, 0.2]), AlertsCB(dict(kl_max=1.0, difficult_ratio_max=0.7))])
+    with caplog.at_level(logging.WARNING, logger='llm_nb'): learn.fit()
+    msgs = [r.getMessage() for r in caplog.records if r.name == 'llm_nb']
+    assert msgs == ['ALERT kl = 2 > 1 at step 2', 'ALERT kl = 3 > 1 at step 3']
+    assert [a['step'] for a in learn.alerts] == [2, 3] and learn.active_alerts == {}
+
+def test_learning_rate_floor_not_checked_at_the_last_step():
+    from transformers import get_scheduler
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = get_scheduler('linear', opt, num_warmup_steps=0, num_training_steps=4)   # lr is 0 after the last step
+    learn = Learner(model, dl(rows(16)), opt=opt, sched=sched, max_steps=4, mixed_precision='no', cbs=[TrainMetricsCB(1), AlertsCB()]).fit()
+    assert learn.history[-1]['learning_rate'] == 0 and learn.alerts == []
+    bad = [dict(step=2, learning_rate=1e-9)]
+    from llm_nb.metrics import check_alerts
+    assert [a['metric'] for a in check_alerts(bad[0], check_thresholds(dict(learning_rate_min=1e-8)))] == ['learning_rate']
+
+def test_bad_alert_config_names_the_key():
+    with pytest.raises(ConfigError, match='notifications.alerts.perplexity'): AlertsCB(dict(perplexity=10))
+
+# --- wandb ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    monkeypatch.delenv('WANDB_API_KEY', raising=False); monkeypatch.delenv('WANDB_MODE', raising=False)
+    for k in ('WANDB_CONFIG_DIR', 'WANDB_CACHE_DIR', 'WANDB_DATA_DIR', 'WANDB_ARTIFACT_DIR'):
+        monkeypatch.setenv(k, str(tmp_path/'wandb-home'/k))
+    monkeypatch.setenv('WANDB_SILENT', 'true')
+    monkeypatch.setenv('LLM_NB_SMTP_PASSWORD', 'pw-Zq81-never-saved')
+    return tmp_path
+
+def test_wandb_offline_writes_a_run_and_no_secret(wandb_env, caplog):
+    out = wandb_env/'run'
+    with caplog.at_level(logging.WARNING, logger='llm_nb'):
+        learn = learner([TrainMetricsCB(2), HistoryCB(out), WandbCB(out, 'llm_nb-test', 'tiny', config=dict(seed=1))]).fit()
+    assert [r for r in caplog.records if r.name == 'llm_nb'] == []
+    runs = glob.glob(str(out/'wandb'/'offline-run-*'/'run-*.wandb'))
+    assert len(runs) == 1 and Path(runs[0]).stat().st_size > 0
+    for f in Path(wandb_env).rglob('*'):
+        if f.is_file(): assert b'pw-Zq81-never-saved' not in f.read_bytes(), f
+
+def test_wandb_failure_warns_once_and_training_goes_on(wandb_env, monkeypatch, caplog):
+    fake = types.ModuleType('wandb')
+    def init(**kw): raise ConnectionError('no route to api.wandb.ai')
+    fake.init, fake.Settings = init, lambda **kw: None
+    monkeypatch.setitem(sys.modules, 'wandb', fake)
+    cb = WandbCB(wandb_env/'run')
+    with caplog.at_level(logging.WARNING, logger='llm_nb'): learn = learner([TrainMetricsCB(1), cb]).fit()
+    assert learn.state.step == 4 and cb.run is None
+    warns = [r.getMessage() for r in caplog.records if r.name == 'llm_nb']
+    assert len(warns) == 1 and 'wandb disabled' in warns[0] and 'no route' in warns[0]
+
+def test_wandb_online_failure_falls_back_to_offline(wandb_env, monkeypatch, caplog):
+    calls = []
+    class Run:
+        def log(self, d, step): calls.append(('log', step))
+        def finish(self): calls.append(('finish',))
+    fake = types.ModuleType('wandb')
+    def init(mode, **kw):
+        calls.append(('init', mode))
+        if mode == 'online': raise TimeoutError('init timed out')
+        return Run()
+    fake.init, fake.Settings = init, lambda **kw: None
+    monkeypatch.setitem(sys.modules, 'wandb', fake)
+    monkeypatch.setenv('WANDB_API_KEY', 'k' * 40)
+    with caplog.at_level(logging.WARNING, logger='llm_nb'): learner([TrainMetricsCB(2), WandbCB(wandb_env/'run')]).fit()
+    assert calls == [('init', 'online'), ('init', 'offline'), ('log', 2), ('log', 4), ('finish',)]
+    warns = [r.getMessage() for r in caplog.records if r.name == 'llm_nb']
+    assert len(warns) == 1 and 'logging offline' in warns[0] and 'k' * 40 not in warns[0]
