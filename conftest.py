@@ -1,8 +1,12 @@
 """One `pytest` run covers the notebooks (each executed through nbdev's `test_nb`, honouring `tst_flags`)
 and the tests in `tests/`."""
-import os, tempfile
+import os, sys, tempfile
 from pathlib import Path
 import pytest
+
+# tools/build_docs.py runs notebooks exactly as nbdev's test_nb does and keeps the executed copies, so the docs test
+# (tests/test_docs.py) renders these runs instead of executing every notebook a second time.
+sys.path.insert(0, str(Path(__file__).parent/'tools'))
 
 # Tokenised-data cache of this test session: never the user's ~/.cache.
 os.environ.setdefault('LLM_NB_CACHE', tempfile.mkdtemp(prefix='llm_nb-cache-'))
@@ -18,10 +22,8 @@ class NotebookFile(pytest.File):
 
 class NotebookItem(pytest.Item):
     def runtest(self):
-        from nbdev.config import get_config
-        from nbdev.test import test_nb
-        ok, _ = test_nb(self.path, skip_flags=get_config().tst_flags.split(), showerr=True)
-        if not ok: raise NotebookFailure(self.path.name)
+        from build_docs import run_notebook
+        if not run_notebook(self.path): raise NotebookFailure(self.path.name)
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, NotebookFailure): return f"{self.path.name} failed: its traceback is printed above (stderr)"
         return super().repr_failure(excinfo)

@@ -99,7 +99,7 @@ def _versions():
     return dict(llm_nb=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=accelerate.__version__, python=sys.version.split()[0])
 
-# %% ../nbs/09_checkpointing.ipynb #76ca3abd
+# %% ../nbs/09_checkpointing.ipynb #4ab72dbf
 def save_weights(model, folder):
     "The trainable state of `model` as safetensors in `folder`: the full model, or only a peft model's adapter."
     folder = Path(folder)

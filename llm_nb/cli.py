@@ -13,7 +13,7 @@ from .config import Config, ConfigError, TokenizerConfig, load_config, save_conf
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, describe
-from .loop import (Learner, LMTask, make_accelerator, make_optimizer, make_scheduler, ClipGradCB, TrainMetricsCB,
+from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError
 from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB
@@ -21,9 +21,12 @@ from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
 from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
 from .lora import lora_model, describe_trainable, is_peft, merge_lora
+from .techniques import build_optimizer, technique_task, technique_callbacks
+from .lr_find import lr_find
 
 # %% auto #0
-__all__ = ['config_callbacks', 'training_data', 'train', 'load_model_folder', 'evaluate', 'generate', 'main']
+__all__ = ['config_callbacks', 'training_data', 'build_learner', 'train', 'find_lr', 'load_model_folder', 'evaluate', 'generate',
+           'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
@@ -39,7 +42,7 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
     if 'wandb' in cfg.logging.report_to:
         cbs.append(WandbCB(out, cfg.logging.wandb_project, cfg.logging.run_name, config_to_dict(cfg)))
     if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
-    return cbs
+    return cbs + technique_callbacks(t, tok, out)
 
 def _resume_path(cfg:Config, out:Path):
     r = cfg.training.resume_from
@@ -82,8 +85,8 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
     return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs,
                 n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
 
-def train(cfg:Config, config_file=None) -> Learner:
-    "Run the training `cfg` describes; write the output folder; return the fitted `Learner`."
+def build_learner(cfg:Config) -> Learner:
+    "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed if asked."
     out = Path(cfg.output_dir)
     acc = make_accelerator(cfg.training.mixed_precision)
     say = acc.print
@@ -100,29 +103,43 @@ def train(cfg:Config, config_file=None) -> Learner:
     if t.compile: model.compile()  # in place: parameter names, checkpoints and exports stay those of the plain model
     block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
     d = training_data(cfg, splits, tok, block, acc)
-    opt = make_optimizer(model, t)
-    learn = Learner(model, d['train_dl'], d['valid_dl'], d['task'], opt, make_scheduler(opt, t, d['max_steps']),
+    opt = build_optimizer(model, t)
+    learn = Learner(model, d['train_dl'], d['valid_dl'], technique_task(t, d['task']), opt, make_scheduler(opt, t, d['max_steps']),
                     config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,
                     accelerator=acc)
+    learn.tok, learn.output_dir = tok, out
     if ck is not None:
         load_checkpoint(learn, ck)
         say(f"Resumed from {ck} at step {learn.state.step}")
-    if acc.is_main_process:
-        save_config(cfg, out/'training_config.json')
-        if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
     say(describe(learn.raw_model, block))
     if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
     say(f"Data: {d['n_train']} train {'rows' if sft else 'blocks'} of {block} tokens" +
         (f", {d['n_valid']} validation {'rows' if sft else 'blocks'}" if d['valid_dl'] else '') +
         f"; {d['max_steps']} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} sequences; "
         f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
-    learn.fit()
-    if acc.is_main_process: save_hf(learn.raw_model, tok, out/'final')
-    last = {k: v for r in learn.history for k, v in r.items()}
-    say(f"Done in {learn.state.elapsed/60:.1f} min: step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
-        (f", eval loss {last['eval_loss']:.4f}, perplexity {last['eval_perplexity']:.2f}" if 'eval_loss' in last else '') +
-        f". Model in {out/'final'}")
     return learn
+
+def train(cfg:Config, config_file=None) -> Learner:
+    "Run the training `cfg` describes; write the output folder; return the fitted `Learner`."
+    learn = build_learner(cfg)
+    acc, out = learn.acc, learn.output_dir
+    if acc.is_main_process:
+        save_config(cfg, out/'training_config.json')
+        if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
+    learn.fit()
+    if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
+    last = {k: v for r in learn.history for k, v in r.items()}
+    acc.print(f"Done in {learn.state.elapsed/60:.1f} min: step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
+              (f", eval loss {last['eval_loss']:.4f}, perplexity {last['eval_perplexity']:.2f}" if 'eval_loss' in last else '') +
+              f". Model in {out/'final'}")
+    return learn
+
+def find_lr(cfg:Config, num_steps:int=100) -> dict:
+    "`lr_find` on the run `cfg` describes (nothing is trained or saved but `plots/lr_find.png`)."
+    learn = build_learner(cfg)
+    res = lr_find(learn, num_steps=num_steps, max_grad_norm=cfg.training.max_grad_norm, plot_path=learn.output_dir/'plots'/'lr_find.png')
+    learn.acc.print(f"Suggested learning rate: {res['suggestion']:.2e} (plot in {learn.output_dir/'plots'/'lr_find.png'})")
+    return res
 
 # %% ../nbs/11_cli.ipynb #4a4d08d5
 def load_model_folder(path):
@@ -180,13 +197,14 @@ def _parser():
     m = sub.add_parser('merge-lora', help='merge a LoRA adapter folder into its base model: a standalone HF model')
     m.add_argument('--adapter', required=True); m.add_argument('--output', required=True)
     m.add_argument('--base', help="base model folder (default: the adapter's base_model_name_or_path)")
-    sub.add_parser('lr-find', help='the learning-rate finder (not implemented yet)').set_defaults(missing='the learning-rate finder')
+    f = sub.add_parser('lr-find', help='sweep the learning rate exponentially; suggest one; write plots/lr_find.png')
+    f.add_argument('--config', help='YAML or JSON config file'); f.add_argument('--num_steps', type=int, default=100)
+    f.add_argument('overrides', nargs='*', help='section.key=value')
     return p
 
 def main(argv=None):
     "The `llm_nb` command."
     args, rest = _parser().parse_known_args(argv)
-    if getattr(args, 'missing', None): sys.exit(f"llm_nb {args.command}: {args.missing} is not implemented yet")
     if rest: _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == 'train': train(load_config(args.config, args.overrides), args.config)
@@ -196,6 +214,7 @@ def main(argv=None):
             print(json.dumps(r))
         elif args.command == 'generate':
             print(generate(args.model_path, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
+        elif args.command == 'lr-find': find_lr(load_config(args.config, args.overrides), args.num_steps)
         elif args.command == 'merge-lora': print(f"Merged model written to {merge_lora(args.adapter, args.output, args.base)}")
-    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError, FloatingPointError) as e:
         sys.exit(f"llm_nb {args.command}: error: {e}")

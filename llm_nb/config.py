@@ -100,6 +100,10 @@ class TrainingConfig:
     cpu_offload_fraction: float = 0.5
     ablation_mode: bool = False  # turn every optional technique off
     compile: bool = False
+    sample_prompts: list|None = None  # prompts to sample continuations of during training (shown and saved to samples.jsonl)
+    sample_every_steps: int = 0       # 0 = never
+    sample_max_new_tokens: int = 40
+    aux_contrastive_weight: float = 0.0  # code-vs-prose contrastive loss on pooled hidden states (labels: data.domain_field)
 
 # %% ../nbs/00_config.ipynb #0cf522d8
 @dataclass
@@ -251,11 +255,7 @@ def read_config_file(path) -> dict:
     return d
 
 # %% ../nbs/00_config.ipynb #aefb729a
-NOT_IMPLEMENTED = {
-    'training.early_stopping_patience': 'early stopping', 'training.label_smoothing': 'label smoothing',
-    'training.use_rdrop': 'R-Drop', 'training.use_ema': 'EMA', 'training.use_llrd': 'layer-wise LR decay',
-    'training.use_cpu_offload': 'CPU-offloaded optimizer',
-}
+NOT_IMPLEMENTED = {}
 NOT_IMPLEMENTED_VALUES = {'training_type': ('dpo',), 'data.format': ('preference',)}
 
 def _get(cfg, key):
@@ -279,7 +279,8 @@ def apply_ablation(cfg:Config):
     "With `training.ablation_mode`, switch every optional technique off (in place)."
     if not cfg.training.ablation_mode: return cfg
     t = cfg.training
-    t.label_smoothing, t.use_rdrop, t.use_ema, t.use_llrd = 0.0, False, False, False
+    t.label_smoothing, t.use_rdrop, t.use_ema, t.use_llrd, t.use_cpu_offload = 0.0, False, False, False, False
+    t.early_stopping_patience, t.sample_every_steps, t.aux_contrastive_weight = None, 0, 0.0
     for f in fields(SamplingConfig):
         if f.name.startswith('use_'): setattr(cfg.sampling, f.name, False)
     return cfg

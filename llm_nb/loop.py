@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/loop.html.md"""
 
 # %% ../nbs/05_loop.ipynb #76e8cd75
 from __future__ import annotations
-import json, math, os, time
+import json, math, os, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -20,8 +20,8 @@ from .config import TrainingConfig
 # %% auto #0
 __all__ = ['CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets', 'token_losses', 'causal_lm_loss',
            'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler', 'resolve_mixed_precision',
-           'make_accelerator', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'EvalCB',
-           'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
+           'make_accelerator', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
+           'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -40,25 +40,29 @@ def n_targets(batch) -> torch.Tensor:
     "Number of positions that contribute to the causal-LM loss (labels shifted by one, not -100)."
     return (batch['labels'][:, 1:] != -100).sum()
 
-def token_losses(logits, labels):
+def token_losses(logits, labels, label_smoothing:float=0.0):
     "Next-token cross-entropy at every position, shape `[B, T-1]`, fp32, 0 where the target is -100."
     logits, labels = logits[:, :-1], labels[:, 1:]
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100,
-                           reduction='none').view(labels.shape)
+                           reduction='none', label_smoothing=label_smoothing).view(labels.shape)
 
-def causal_lm_loss(logits, labels, n_tokens=None):
+def causal_lm_loss(logits, labels, n_tokens=None, label_smoothing:float=0.0):
     "Next-token cross-entropy summed over non-masked targets, divided by `n_tokens` (default: their count)."
-    return token_losses(logits, labels).sum() / (n_tokens if n_tokens is not None else n_targets(dict(labels=labels)))
+    n = n_tokens if n_tokens is not None else n_targets(dict(labels=labels))
+    return token_losses(logits, labels, label_smoothing).sum() / n
 
 # %% ../nbs/05_loop.ipynb #80dbbf34
 class LMTask:
     "Causal language modelling: predict every next token whose label is not -100."
+    def __init__(self, label_smoothing:float=0.0):
+        if not 0 <= label_smoothing < 1: raise ValueError(f"training.label_smoothing={label_smoothing}: must be in [0, 1)")
+        self.label_smoothing, self.step_metrics = label_smoothing, {}
     def n_tokens(self, batch): return n_targets(batch)
     def forward(self, model, batch):
         return model(input_ids=batch['input_ids'], attention_mask=batch.get('attention_mask')).logits
     def loss(self, model, batch, n_tokens):
         "The batch's share of the step loss; also keeps each sequence's mean token loss in `sample_losses`."
-        tl = token_losses(self.forward(model, batch), batch['labels'])
+        tl = token_losses(self.forward(model, batch), batch['labels'], getattr(self, 'label_smoothing', 0.0))
         self.sample_losses = tl.detach().sum(1) / (batch['labels'][:, 1:] != -100).sum(1).clamp(min=1)
         return tl.sum() / n_tokens
     def eval_sums(self, model, batch) -> dict:
@@ -167,20 +171,35 @@ class Learner:
 
 # %% ../nbs/05_loop.ipynb #deaae27c
 @torch.no_grad()
-def _to(batch, device): return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to(batch, device): return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+def _training_step(self:Learner, batch, n_tokens):
+    "Forward and loss of one micro-batch (its share of the step loss). Override in a subclass for a custom step."
+    return self.task.loss(self.model, batch, n_tokens)
+
+def _step_metric(self:Learner, **metrics):
+    "Add each micro-batch's share of a per-step metric (summed over the step's micro-batches, logged by `TrainMetricsCB`)."
+    for k, v in metrics.items():
+        v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+        self.step_metrics[k] = self.step_metrics[k] + v if k in self.step_metrics else v
 
 def _one_step(self:Learner, micro_batches):
     self.batch = [_to(b, self.acc.device) for b in micro_batches]
+    self.step_metrics, self.step_skipped = {}, False
     try:
         self.event('before_batch')
-        n_tok = sum(self.task.n_tokens(b) for b in self.batch).clamp(min=1)
+        n_tok = sum(self.task.n_tokens(b) for b in self.batch)
+        if self.acc.num_processes > 1:  # DDP averages gradients over ranks: normalise by the global count / ranks
+            n_tok = self.acc.reduce(n_tok.float(), 'sum') / self.acc.num_processes
+        n_tok = n_tok.clamp(min=1)
         self.loss = 0.
         for i, b in enumerate(self.batch):
             sync = i == len(self.batch) - 1
             with (self.acc.no_sync(self.model) if not sync and self.acc.num_processes > 1 else _nullctx()):
                 self.micro_batch = b
-                self.micro_loss = self.task.loss(self.model, b, n_tok)
+                self.micro_loss = self.training_step(b, n_tok)
                 self.sample_losses = getattr(self.task, 'sample_losses', None)
+                if getattr(self.task, 'step_metrics', None): self.step_metric(**self.task.step_metrics); self.task.step_metrics = {}
                 self.event('after_loss')
                 self.event('before_backward')
                 self.acc.backward(self.micro_loss)
@@ -191,7 +210,7 @@ def _one_step(self:Learner, micro_batches):
             self.opt.step()
             if self.sched is not None: self.sched.step()
             self.event('after_step_opt')
-        except CancelStep: pass
+        except CancelStep: self.step_skipped = True
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.batch_in_epoch += len(self.batch)
@@ -205,7 +224,7 @@ class _nullctx:
     def __enter__(self): pass
     def __exit__(self, *a): pass
 
-Learner.one_step = _one_step
+Learner.one_step, Learner.training_step, Learner.step_metric = _one_step, _training_step, _step_metric
 
 # %% ../nbs/05_loop.ipynb #7767a33f
 def _fit(self:Learner):
@@ -277,33 +296,74 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 class TrainMetricsCB(Callback):
-    "Log loss, lr, grad norm, clip ratio, throughput and memory every `every` steps."
+    "Log loss, lr, grad norm, clip ratio, throughput, memory and per-step metrics every `every` steps."
     order = 50
-    def __init__(self, every:int=100): self.every, self.losses, self.samples = every, [], 0
+    def __init__(self, every:int=100): self.every, self.losses, self.samples, self.extra = every, [], 0, {}
     def before_fit(self, learn): self.t, self.tok = time.time(), learn.state.tokens_seen
     def _reset(self, learn):
-        self.losses, self.samples = [], 0
+        self.losses, self.samples, self.extra = [], 0, {}
         self.before_fit(learn)
         clip = learn.cb(ClipGradCB)
         if clip: clip.norms.clear()
     # the window of un-logged steps is saved, so a resumed run logs the same averages as an uninterrupted one
-    def state_dict(self): return dict(losses=[float(l) for l in self.losses], samples=self.samples)
-    def load_state_dict(self, sd): self.losses, self.samples = [torch.tensor(l) for l in sd['losses']], sd['samples']
+    def state_dict(self): return dict(losses=[float(l) for l in self.losses], samples=self.samples,
+                                      extra={k: [float(x) for x in v] for k, v in self.extra.items()})
+    def load_state_dict(self, sd):
+        self.losses, self.samples = [torch.tensor(l) for l in sd['losses']], sd['samples']
+        self.extra = {k: [torch.tensor(x) for x in v] for k, v in sd.get('extra', {}).items()}
     def after_step(self, learn):
-        self.losses.append(learn.loss)
+        if not getattr(learn, 'step_skipped', False):
+            self.losses.append(learn.loss)
+            for k, v in getattr(learn, 'step_metrics', {}).items(): self.extra.setdefault(k, []).append(v)
         self.samples += sum(len(b['input_ids']) for b in learn.batch)
         if learn.state.step % self.every and learn.state.step != learn.max_steps: return
-        loss = torch.stack(self.losses).mean().item()
+        if not self.losses: return  # every step of the window was skipped: nothing to average yet
+        loss, tok, samples = torch.stack(self.losses).mean(), float(learn.state.tokens_seen - self.tok), float(self.samples)
+        if learn.acc.num_processes > 1:  # the global batch's loss and throughput, not rank 0's share
+            loss = learn.acc.reduce(loss, 'mean')
+            tok, samples = learn.acc.reduce(torch.tensor([tok, samples]), 'sum').tolist()
+        loss = loss.item()
         if not math.isfinite(loss): raise FloatingPointError(f"loss is {loss} at step {learn.state.step}: stopping before anything is saved; lower the learning rate or check the data")
         dt = max(time.time() - self.t, 1e-9)
-        m = dict(loss=loss, learning_rate=learn.lr, tokens_per_sec=(learn.state.tokens_seen - self.tok) / dt,
-                 samples_per_sec=self.samples / dt, peak_memory_mb=peak_memory_mb())
+        m = dict(loss=loss, learning_rate=learn.lr, tokens_per_sec=tok / dt, samples_per_sec=samples / dt, peak_memory_mb=peak_memory_mb())
+        m.update({k: torch.stack(v).mean().item() for k, v in self.extra.items()})
         clip = learn.cb(ClipGradCB)
         if clip and clip.norms:
             norms = torch.stack(clip.norms).float()
-            m.update(grad_norm=norms[-1].item(), grad_clip_ratio=(norms > clip.max_norm).float().mean().item() if clip.max_norm > 0 else 0.0)
+            m.update(grad_norm=norms[-1].item(), grad_clip_ratio=(norms > clip.max_norm).double().mean().item() if clip.max_norm > 0 else 0.0)
         learn.log(**m)
         self._reset(learn)
+
+# %% ../nbs/05_loop.ipynb #a0865841
+class NaNGuardCB(Callback):
+    "Skip updates whose loss or grad norm is NaN/inf (or whose loss spikes); raise after `max_bad` bad steps in a row."
+    order = 15  # after ClipGradCB (10), which measures the gradient norm
+    def __init__(self, max_bad:int=5, spike_factor:float|None=None, beta:float=0.98, warmup:int=20):
+        self.max_bad, self.spike_factor, self.beta, self.warmup = max_bad, spike_factor, beta, warmup
+        self.in_a_row, self.skipped, self.avg, self.n = 0, 0, 0.0, 0
+    def state_dict(self): return dict(skipped=self.skipped, avg=self.avg, n=self.n)
+    def load_state_dict(self, sd): self.skipped, self.avg, self.n = sd['skipped'], sd['avg'], sd['n']
+    def before_step(self, learn):
+        clip = learn.cb(ClipGradCB)
+        vals = [torch.as_tensor(learn.loss).detach().float().reshape(1)]
+        if learn.acc.num_processes > 1: vals[0] = learn.acc.reduce(vals[0], 'mean')  # every rank decides alike
+        if clip and clip.norms: vals.append(clip.norms[-1].detach().float().reshape(1).to(vals[0].device))
+        vals = torch.cat(vals).tolist()  # one host sync
+        loss, mean = vals[0], self.avg / (1 - self.beta ** self.n) if self.n else None
+        if all(map(math.isfinite, vals)):
+            if not (self.spike_factor and self.n >= self.warmup and loss > self.spike_factor * mean):
+                self.in_a_row, self.n, self.avg = 0, self.n + 1, self.beta * self.avg + (1 - self.beta) * loss
+                return
+            what = f"loss spiked to {loss:.4g} (> {self.spike_factor}× its running mean {mean:.4g})"
+        else: what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {vals[1]}"
+        self.in_a_row, self.skipped = self.in_a_row + 1, self.skipped + 1
+        if self.in_a_row >= self.max_bad:
+            learn.stop_reason = 'non-finite'
+            raise FloatingPointError(f"{what} at step {learn.state.step + 1}: {self.in_a_row} bad steps in a row, stopping before "
+                                     "anything is saved; lower the learning rate, check the data, or try bf16 instead of fp16")
+        warnings.warn(f"{what} at step {learn.state.step + 1}: skipping this update ({self.skipped} skipped so far)")
+        if clip and clip.norms: clip.norms.pop()
+        raise CancelStep()
 
 # %% ../nbs/05_loop.ipynb #39617518
 class EvalCB(Callback):
@@ -323,18 +383,20 @@ class TimeBudgetCB(Callback):
     "Stop training after `hours` of training time (summed over resumes)."
     order = 90
     def __init__(self, hours:float): self.budget = hours * 3600
+    def status(self, learn) -> str:
+        "`Elapsed: X.XXh | Remaining: Y.YYh`."
+        el = (time.time() - learn.t0) / 3600
+        return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
     def after_step(self, learn):
         if time.time() - learn.t0 >= self.budget:
             learn.stop_reason = 'time-limit'
             print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
-    def after_epoch(self, learn):
-        el = (time.time() - learn.t0) / 3600
-        print(f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h")
+    def after_epoch(self, learn): print(self.status(learn))
 
 # %% ../nbs/05_loop.ipynb #81995abc
 class ProgressCB(Callback):
-    "A tqdm bar over optimizer steps with loss, lr, tokens/s and ETA."
+    "A tqdm bar over optimizer steps with loss, lr, tokens/s, ETA and the time budget (when there is one)."
     order = 100
     def __init__(self, refresh:int=10): self.refresh = refresh
     def before_fit(self, learn):
@@ -345,8 +407,10 @@ class ProgressCB(Callback):
         self.bar.update(1)
         if learn.state.step % self.refresh == 0:
             dt = max(time.time() - self.t, 1e-9)
-            self.bar.set_postfix(loss=f'{learn.loss.item():.3f}', lr=f'{learn.lr:.2e}',
-                                 tok_s=f'{(learn.state.tokens_seen - self.tok)/dt:.0f}', refresh=False)
+            post = dict(loss=f'{learn.loss.item():.3f}', lr=f'{learn.lr:.2e}', tok_s=f'{(learn.state.tokens_seen - self.tok)/dt:.0f}')
+            tb = learn.cb(TimeBudgetCB)
+            if tb: post['time'] = tb.status(learn)
+            self.bar.set_postfix(post, refresh=False)
             self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_log(self, learn):
         if 'eval_loss' in learn.record:

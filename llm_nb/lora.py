@@ -132,7 +132,8 @@ def is_peft(model) -> bool: return isinstance(model, PeftModel)
 
 def save_adapter_state(model, path):
     "Write only the adapter weights of the peft `model` to the safetensors file `path`."
-    sd = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(model).items()}
+    # clone: with tied embeddings peft returns the input and output token adapters as one shared tensor, which safetensors refuses
+    sd = {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(sd, str(path))
 
 def load_adapter_state(model, path):

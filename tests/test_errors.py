@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 from llm_nb.cli import main, train
 from llm_nb.config import load_config
-from llm_nb.loop import Learner, LMTask, TrainMetricsCB
+from llm_nb.loop import Learner, LMTask, TrainMetricsCB, NaNGuardCB
 from llm_nb.checkpoint import CheckpointCB
 from helpers import tiny_corpus, tiny_overrides
 
@@ -25,8 +25,7 @@ def test_bad_choice():
     assert "training.lr_scheduler_type: 'cosin' is not one of" in exit_message(['train', 'training.lr_scheduler_type=cosin'])
 
 def test_not_implemented_yet():
-    assert "training_type='lora'" in exit_message(['train', 'training_type=lora'])
-    assert 'training.use_rdrop' in exit_message(['train', 'training.use_rdrop=true'])
+    assert "training_type='dpo'" in exit_message(['train', 'training_type=dpo'])
 
 def test_config_file_errors(tmp_path):
     assert 'config file not found' in exit_message(['train', '--config', str(tmp_path/'nope.yaml')])
@@ -83,6 +82,17 @@ def test_nan_loss_stops_before_saving(tmp_path):
     learn = Learner(m, dl, task=NaNTask(), max_steps=4, cbs=[TrainMetricsCB(2), CheckpointCB(tmp_path, save_steps=2, handle_signals=False)])
     with pytest.raises(FloatingPointError, match='loss is nan at step 2'): learn.fit()
     assert not (tmp_path/'checkpoints').exists()
+    # with the guard (as `llm_nb train` runs): the NaN update is skipped with a warning, the weights stay
+    # untouched, and the second NaN step in a row aborts before step 2 could be checkpointed
+    m = build_model(ModelConfig(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_length=16), vocab_size=64)
+    w0 = [p.detach().clone() for p in m.parameters()]
+    learn = Learner(m, dl, task=NaNTask(), max_steps=4, cbs=[NaNGuardCB(max_bad=2), TrainMetricsCB(2),
+                                                             CheckpointCB(tmp_path, save_steps=1, handle_signals=False)])
+    with pytest.warns(UserWarning, match='loss is nan at step 1: skipping this update'):
+        with pytest.raises(FloatingPointError, match='loss is nan at step 2: 2 bad steps in a row'): learn.fit()
+    assert learn.state.step == 1 and learn.stop_reason == 'non-finite'
+    assert all(torch.equal(p.detach(), q) for p, q in zip(m.parameters(), w0))
+    assert sorted(p.name for p in (tmp_path/'checkpoints').iterdir()) == ['step-1']   # step 1 holds the untouched weights
 
 def test_sigterm_saves_interrupted_and_resumes(tmp_path, docs):
     out = tmp_path/'out'

@@ -16,3 +16,8 @@ def test_package_matches_notebooks(tmp_path):
 def test_readme_matches_index():
     r = subprocess.run([sys.executable, 'tools/make_readme.py', '--check'], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT/'README.md').read_text()
+    block = readme.split('**Test**', 1)[1].split('```bash\n', 1)[1].split('\n```', 1)[0].strip()
+    assert (ROOT/'.ci'/'run').read_text().strip().splitlines()[-1] == block
