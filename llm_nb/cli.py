@@ -20,13 +20,15 @@ from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
 from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
-from .lora import lora_model, describe_trainable, is_peft, merge_lora
+from .lora import lora_model, describe_trainable, is_peft, is_quantised, merge_lora
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
+from .dpo import (preference_splits, preference_texts, encode_pairs, dpo_dataloader, DPOTask, DPOMetricsCB, frozen_copy,
+                        precompute_ref_logps, disable_dropout)
 
 # %% auto #0
-__all__ = ['config_callbacks', 'training_data', 'build_learner', 'train', 'find_lr', 'load_model_folder', 'evaluate', 'generate',
-           'main']
+__all__ = ['config_callbacks', 'training_data', 'dpo_setup', 'build_learner', 'train', 'find_lr', 'load_model_folder', 'evaluate',
+           'generate', 'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
@@ -77,13 +79,44 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         task = LMTask()
     train_dl = make(rows['train'], t.per_device_train_batch_size, True, sampler=sampler)
     valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
-    steps_per_epoch = len(train_dl) // t.gradient_accumulation_steps
-    if steps_per_epoch == 0: raise DataError(f"one optimizer step needs {t.gradient_accumulation_steps} batches; the data has {len(train_dl)}")
+    steps_per_epoch = _steps_per_epoch(train_dl, t)
     if t.max_steps > 0: max_steps = t.max_steps
     elif sampler is not None: max_steps = sampler.steps_in(t.num_train_epochs, t.gradient_accumulation_steps)  # curriculum epochs differ in length
     else: max_steps = math.ceil(t.num_train_epochs * steps_per_epoch)
-    return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs,
+    return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs, seq_len=block, unit='rows' if _is_sft(cfg) else 'blocks',
                 n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
+
+def _steps_per_epoch(train_dl, t) -> int:
+    n = len(train_dl) // t.gradient_accumulation_steps
+    if n == 0: raise DataError(f"one optimizer step needs {t.gradient_accumulation_steps} batches; the data has {len(train_dl)}")
+    return n
+
+def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
+    "Tokenizer, model (reference handled: frozen copy, adapters off, or precomputed) and `training_data`'s dict for `training_type: dpo`."
+    d, t = cfg.dpo, cfg.training
+    splits = preference_splits(cfg.data, cfg.seed, 'skip' if d.skip_bad_rows else 'error')
+    if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
+    else: tok = load_tokenizer(cfg.tokenizer, list(preference_texts(splits['train'])))
+    tok = ensure_chat_template(tok)
+    lora = d.use_lora or cfg.model.load_in_4bit or cfg.model.load_in_8bit
+    model = disable_dropout(prepare_model_for_chat(lora_model(cfg, tok) if lora else build_model(cfg.model, tok), tok))
+    max_len = min(d.max_length, getattr(model.config, 'max_position_embeddings', d.max_length))
+    rows = {k: encode_pairs(tok, v, max_len, min(d.max_prompt_length, max_len - 1)) for k, v in splits.items()}
+    ref = None
+    if not d.reference_free:
+        if d.precompute_ref_log_probs:  # the initial weights are the reference, so a resume finds the same cache file
+            if not is_quantised(model): model.to(acc.device)
+            for k in rows: rows[k] = precompute_ref_logps(model, rows[k], tok.pad_token_id, batch_size=t.per_device_eval_batch_size,
+                                                          key_extra=acc.mixed_precision, autocast=acc.autocast, accelerator=acc)
+        elif not is_peft(model): ref = frozen_copy(model).to(acc.device)  # a peft model's reference is itself with adapters off
+    make = lambda r, bs, train: dpo_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=acc.process_index,
+                                               world_size=acc.num_processes)
+    train_dl = make(rows['train'], t.per_device_train_batch_size, True)
+    valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
+    max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * _steps_per_epoch(train_dl, t))
+    return tok, model, dict(train_dl=train_dl, valid_dl=valid_dl, task=DPOTask.from_config(d, ref_model=ref, autocast=acc.autocast),
+                            max_steps=max_steps, cbs=[DPOMetricsCB(t.logging_steps)], seq_len=max_len, unit='pairs',
+                            n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
 
 def build_learner(cfg:Config) -> Learner:
     "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed if asked."
@@ -92,17 +125,19 @@ def build_learner(cfg:Config) -> Learner:
     say = acc.print
     transformers.set_seed(cfg.seed)
     ck = _resume_path(cfg, out)
-    sft = _is_sft(cfg)
-    splits = sft_splits(cfg.data, cfg.seed) if sft else load_splits(cfg.data, cfg.seed)
-    if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
-    else: tok = load_tokenizer(cfg.tokenizer, list(example_texts(splits['train'])) if sft else splits['train']['text'])
-    if sft: tok = ensure_chat_template(tok)
-    model = lora_model(cfg, tok) if cfg.training_type == 'lora' else build_model(cfg.model, tok)
-    if sft: prepare_model_for_chat(model, tok)
     t = cfg.training
+    if cfg.training_type == 'dpo': tok, model, d = dpo_setup(cfg, acc, ck)
+    else:
+        sft = _is_sft(cfg)
+        splits = sft_splits(cfg.data, cfg.seed) if sft else load_splits(cfg.data, cfg.seed)
+        if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
+        else: tok = load_tokenizer(cfg.tokenizer, list(example_texts(splits['train'])) if sft else splits['train']['text'])
+        if sft: tok = ensure_chat_template(tok)
+        model = lora_model(cfg, tok) if cfg.training_type == 'lora' else build_model(cfg.model, tok)
+        if sft: prepare_model_for_chat(model, tok)
+        block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
+        d = training_data(cfg, splits, tok, block, acc)
     if t.compile: model.compile()  # in place: parameter names, checkpoints and exports stay those of the plain model
-    block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
-    d = training_data(cfg, splits, tok, block, acc)
     opt = build_optimizer(model, t)
     learn = Learner(model, d['train_dl'], d['valid_dl'], technique_task(t, d['task']), opt, make_scheduler(opt, t, d['max_steps']),
                     config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,
@@ -111,11 +146,11 @@ def build_learner(cfg:Config) -> Learner:
     if ck is not None:
         load_checkpoint(learn, ck)
         say(f"Resumed from {ck} at step {learn.state.step}")
-    say(describe(learn.raw_model, block))
+    say(describe(learn.raw_model, d['seq_len']))
     if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
-    say(f"Data: {d['n_train']} train {'rows' if sft else 'blocks'} of {block} tokens" +
-        (f", {d['n_valid']} validation {'rows' if sft else 'blocks'}" if d['valid_dl'] else '') +
-        f"; {d['max_steps']} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} sequences; "
+    say(f"Data: {d['n_train']} train {d['unit']} of up to {d['seq_len']} tokens" +
+        (f", {d['n_valid']} validation {d['unit']}" if d['valid_dl'] else '') +
+        f"; {d['max_steps']} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} {d['unit']}; "
         f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
     return learn
 
@@ -130,7 +165,9 @@ def train(cfg:Config, config_file=None) -> Learner:
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}
     acc.print(f"Done in {learn.state.elapsed/60:.1f} min: step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
-              (f", eval loss {last['eval_loss']:.4f}, perplexity {last['eval_perplexity']:.2f}" if 'eval_loss' in last else '') +
+              (f", eval loss {last['eval_loss']:.4f}" if 'eval_loss' in last else '') +
+              (f", perplexity {last['eval_perplexity']:.2f}" if 'eval_perplexity' in last else '') +
+              (f", reward accuracy {last['eval_rewards/accuracies']:.3f}" if 'eval_rewards/accuracies' in last else '') +
               f". Model in {out/'final'}")
     return learn
 

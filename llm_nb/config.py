@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['REPORTERS', 'NOT_IMPLEMENTED', 'NOT_IMPLEMENTED_VALUES', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
-           'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig', 'NotificationsConfig',
-           'Config', 'ConfigError', 'coerce', 'from_dict', 'apply_override', 'read_config_file', 'check_implemented',
-           'apply_ablation', 'load_config', 'check_combinations', 'config_to_dict', 'save_config']
+__all__ = ['REPORTERS', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
+           'LoraConfig', 'DPOConfig', 'LoggingConfig', 'NotificationsConfig', 'Config', 'ConfigError', 'coerce',
+           'from_dict', 'apply_override', 'read_config_file', 'apply_ablation', 'load_config', 'check_combinations',
+           'config_to_dict', 'save_config']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 def choice(default, options):
@@ -142,6 +142,8 @@ class DPOConfig:
     precompute_ref_log_probs: bool = False
     max_length: int = 1024
     max_prompt_length: int = 512
+    use_lora: bool = False        # train LoRA adapters (QLoRA with model.load_in_4bit); the reference is the base with adapters off
+    skip_bad_rows: bool = False   # drop malformed pairs with a count instead of stopping at the first
 
 # %% ../nbs/00_config.ipynb #43baa0e1
 REPORTERS = ('tensorboard', 'wandb', 'jsonl', 'none')
@@ -254,26 +256,6 @@ def read_config_file(path) -> dict:
     if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return d
 
-# %% ../nbs/00_config.ipynb #aefb729a
-NOT_IMPLEMENTED = {}
-NOT_IMPLEMENTED_VALUES = {'training_type': ('dpo',), 'data.format': ('preference',)}
-
-def _get(cfg, key):
-    for p in key.split('.'): cfg = getattr(cfg, p)
-    return cfg
-
-def check_implemented(cfg:Config):
-    "Raise `NotImplementedError` naming the key when `cfg` asks for a feature that has not landed yet."
-    default = Config()
-    for key, feature in NOT_IMPLEMENTED.items():
-        if _get(cfg, key) != _get(default, key):
-            raise NotImplementedError(f"{key}={_get(cfg, key)!r}: {feature} is not implemented yet; leave it at {_get(default, key)!r}")
-    for key, values in NOT_IMPLEMENTED_VALUES.items():
-        v = _get(cfg, key)
-        for bad in values:
-            if v == bad or (isinstance(v, list) and bad in v):
-                raise NotImplementedError(f"{key}={v!r}: {bad!r} is not implemented yet")
-
 # %% ../nbs/00_config.ipynb #12e821e2
 def apply_ablation(cfg:Config):
     "With `training.ablation_mode`, switch every optional technique off (in place)."
@@ -287,11 +269,10 @@ def apply_ablation(cfg:Config):
 
 # %% ../nbs/00_config.ipynb #851b56f0
 def load_config(path=None, overrides=()) -> Config:
-    "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types and features."
+    "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types and combinations."
     d = read_config_file(path) if path else {}
     for o in overrides: apply_override(d, o)
     cfg = apply_ablation(from_dict(Config, d))
-    check_implemented(cfg)
     check_combinations(cfg)
     return cfg
 
@@ -299,9 +280,9 @@ def check_combinations(cfg:Config):
     "Raise `ConfigError` naming the keys of settings that cannot work together."
     m = cfg.model
     if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
-    if (m.load_in_4bit or m.load_in_8bit) and cfg.training_type != 'lora':
+    if (m.load_in_4bit or m.load_in_8bit) and not (cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)):
         raise ConfigError(f'model.load_in_4bit/load_in_8bit with training_type={cfg.training_type}: k-bit weights cannot be '
-                          'trained directly; use training_type=lora (QLoRA)')
+                          'trained directly; use training_type=lora (QLoRA), or dpo with dpo.use_lora=true')
 
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 

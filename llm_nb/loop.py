@@ -414,8 +414,9 @@ class ProgressCB(Callback):
             self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_log(self, learn):
         if 'eval_loss' in learn.record:
-            self.bar.write(f"step {learn.state.step}: eval_loss {learn.record['eval_loss']:.4f}, "
-                           f"perplexity {learn.record['eval_perplexity']:.2f}")
+            r = learn.record
+            self.bar.write(f"step {learn.state.step}: " + ', '.join(f'{k[5:]} {r[k]:.4f}' for k in
+                           ('eval_loss', 'eval_perplexity', 'eval_token_accuracy', 'eval_rewards/accuracies') if k in r))
     def after_fit(self, learn): self.bar.close()
 
 # %% ../nbs/05_loop.ipynb #2855baf5

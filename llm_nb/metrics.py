@@ -42,7 +42,8 @@ def table_peak(name:str, precision:str='bf16') -> float|None:
 @functools.cache
 def measure_cpu_peak(dtype=torch.float32, n:int=1024, seconds:float=0.3) -> float:
     "Best measured FLOP/s of an `n`×`n` matmul in `dtype` on the CPU (cached per dtype)."
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    g = torch.Generator().manual_seed(0)  # never touch the global RNG: a resumed run must draw the same dropout masks
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
     a @ b  # warm up
     best, t_end = float('inf'), time.perf_counter() + seconds
     while True:
@@ -61,7 +62,7 @@ def peak_flops(device, precision:str='no') -> float|None:
 
 # %% ../nbs/08_metrics.ipynb #8c25b93f
 class MFUCB(Callback):
-    "Log `mfu` whenever `TrainMetricsCB` logs `tokens_per_sec` (per device: local tokens/s over one device's peak)."
+    "Log `mfu` whenever `TrainMetricsCB` logs `tokens_per_sec` (all processes' tokens/s over all their devices' peak)."
     order = 55
     def __init__(self, peak:float|None=None): self.peak, self._fpt = peak, {}
     def before_fit(self, learn):
@@ -76,7 +77,7 @@ class MFUCB(Callback):
     def after_step(self, learn):
         if not self.peak or 'tokens_per_sec' not in learn.record: return
         seq_len = learn.batch[0]['input_ids'].shape[1]
-        learn.log(mfu=learn.record['tokens_per_sec'] * self.flops_per_token(learn, seq_len) / self.peak)
+        learn.log(mfu=learn.record['tokens_per_sec'] * self.flops_per_token(learn, seq_len) / (self.peak * learn.acc.num_processes))
 
 # %% ../nbs/08_metrics.ipynb #7a86b05d
 @functools.cache

@@ -24,9 +24,6 @@ def test_wrong_type():
 def test_bad_choice():
     assert "training.lr_scheduler_type: 'cosin' is not one of" in exit_message(['train', 'training.lr_scheduler_type=cosin'])
 
-def test_not_implemented_yet():
-    assert "training_type='dpo'" in exit_message(['train', 'training_type=dpo'])
-
 def test_config_file_errors(tmp_path):
     assert 'config file not found' in exit_message(['train', '--config', str(tmp_path/'nope.yaml')])
     bad = tmp_path/'bad.yaml'; bad.write_text('training: [1, 2\n')

@@ -1,6 +1,6 @@
 """`llm_nb train` end to end for each recipe beyond pretraining: SFT on chats, LoRA on a local base model then
 `evaluate` and `merge-lora`, and pretraining with the samplers switched on."""
-import json, random
+import json, math, random
 from pathlib import Path
 import pytest, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -94,3 +94,27 @@ def test_lr_find_command(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'Suggested learning rate' in r.stdout and (tmp_path/'out'/'plots'/'lr_find.png').stat().st_size > 1000
     assert not (tmp_path/'out'/'final').exists(), 'lr-find trains nothing'
+
+def pairs(path, n=24):
+    rng = random.Random(1)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        rows.append(dict(prompt=f'What is {a} plus {b}?', chosen=f'{a} plus {b} is {a + b}.', rejected=f'{a} plus {b} is {a + b + 7}.'))
+    Path(path).write_text(json.dumps(rows)); return path
+
+@pytest.mark.parametrize('how', ['frozen_copy', 'precomputed', 'lora'])
+def test_dpo_from_the_command_line(tmp_path, base, how):
+    kw = {'training_type': 'dpo', 'model.name_or_path': base, 'tokenizer.name_or_path': base, 'dpo.max_length': 64,
+          'dpo.max_prompt_length': 32, 'training.logging_steps': 2, 'training.learning_rate': 1e-3, 'data.validation_split': 0.25,
+          **({'dpo.precompute_ref_log_probs': True} if how == 'precomputed' else {}),
+          **({'dpo.use_lora': True, 'lora.r': 4, 'training.learning_rate': 1e-2} if how == 'lora' else {})}
+    learn = train(load_config(None, common(tmp_path/'out', pairs(tmp_path/'pairs.json'), steps=6, **kw)))
+    hist = json.loads((tmp_path/'out'/'loss_history.json').read_text())
+    last = {k: v for r in hist for k, v in r.items()}
+    assert {'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'logps/rejected', 'kl',
+            'eval_rewards/accuracies'} <= set(last), sorted(last)
+    first_loss = next(r['loss'] for r in hist if 'loss' in r)
+    assert abs(first_loss - math.log(2)) < 0.05, 'policy == reference at the start: the DPO loss is log 2'
+    final = tmp_path/'out'/'final'
+    assert (final/('adapter_config.json' if how == 'lora' else 'model.safetensors')).exists()
