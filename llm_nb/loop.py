@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/loop.html.md"""
 
 # %% ../nbs/05_loop.ipynb #76e8cd75
 from __future__ import annotations
-import json, math, os, time, warnings
+import ctypes, json, math, os, sys, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch, torch.nn.functional as F
@@ -20,8 +20,9 @@ from .config import TrainingConfig
 # %% auto #0
 __all__ = ['CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets', 'token_losses', 'causal_lm_loss',
            'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler', 'resolve_mixed_precision',
-           'make_accelerator', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
-           'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
+           'make_accelerator', 'keep_freed_memory', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb',
+           'TrainMetricsCB', 'NaNGuardCB', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB',
+           'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -113,6 +114,19 @@ def make_accelerator(mixed_precision='auto') -> Accelerator:
         AcceleratorState._reset_state(reset_partial_state=False)
         return Accelerator(mixed_precision=mp)
 
+# %% ../nbs/05_loop.ipynb #09551dc8
+_ALLOCATOR_TUNED = False
+
+def keep_freed_memory():
+    "Tell glibc's malloc to reuse freed activation buffers instead of returning them to the OS (no-op elsewhere)."
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or not sys.platform.startswith('linux'): return
+    try: libc = ctypes.CDLL('libc.so.6')
+    except OSError: return  # not glibc (e.g. musl)
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20); libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1); libc.mallopt(M_TOP_PAD, 2**28)
+    _ALLOCATOR_TUNED = True
+
 # %% ../nbs/05_loop.ipynb #9d6447bf
 @dataclass
 class TrainState:
@@ -135,6 +149,7 @@ class Learner:
     "Runs `task` on `model` over `train_dl` for `max_steps` optimizer steps, firing callback events."
     def __init__(self, model, train_dl, valid_dl=None, task=None, opt=None, sched=None, cbs=(), max_steps:int=100,
                  grad_accum:int=1, mixed_precision='auto', accelerator=None):
+        keep_freed_memory()
         self.acc = accelerator or make_accelerator(mixed_precision)
         self.train_dl, self.valid_dl, self.task = train_dl, valid_dl, task or LMTask()
         self.max_steps, self.grad_accum = max_steps, grad_accum
