@@ -16,7 +16,7 @@ from .model import build_model, describe
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError
-from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB
+from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
 from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
@@ -72,7 +72,9 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         check_sampling(cfg.sampling, cfg.data, block)
         rows = lm_datasets(splits, tok, block, cfg.data.packing, **block_fields(cfg.sampling, cfg.data))
         sampler, cbs = train_sampler(cfg.sampling, cfg.data, rows['train'], t.per_device_train_batch_size, cfg.seed, rank, world,
-                                     t.logging_steps, rows.get('validation'))
+                                     t.logging_steps)
+        domains = rows['validation'].domains if 'validation' in rows else None
+        if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
         with_index = sampler is not None or bool(cbs)
         make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
                                                                  world_size=world, sampler=sampler, with_index=with_index)

@@ -14,8 +14,8 @@ from .data import Blocks, DataError, EpochSampler
 
 # %% auto #0
 __all__ = ['shard', 'CurriculumSchedule', 'DynamicCurriculumTracker', 'domain_quotas', 'TrainSampler', 'quality_weights',
-           'DynamicCurriculumCB', 'curriculum_length', 'LengthCurriculumCB', 'DomainEvalCB', 'block_fields',
-           'check_sampling', 'train_sampler']
+           'DynamicCurriculumCB', 'curriculum_length', 'LengthCurriculumCB', 'block_fields', 'check_sampling',
+           'train_sampler']
 
 # %% ../nbs/04_samplers.ipynb #1c7a7bcc
 def shard(order, batch_size:int, rank:int=0, world_size:int=1) -> np.ndarray:
@@ -224,36 +224,6 @@ class LengthCurriculumCB:
         self.length = curriculum_length(learn.state.step, T, self.start, self.end, self.steps)
         learn.batch = [self.split(b, self.length) for b in learn.batch]
 
-# %% ../nbs/04_samplers.ipynb #f721b8d4
-class DomainEvalCB:
-    "After each evaluation, log `eval_<domain>_loss` for every domain of the validation blocks."
-    order = 0
-    def __init__(self, domains:list, dl=None): self.domains, self.dl = list(domains), dl
-    def state_dict(self): return {}
-    def load_state_dict(self, sd): pass
-    @torch.no_grad()
-    def domain_losses(self, learn) -> dict:
-        dl = self.dl or learn.valid_dl
-        nd = len(self.domains)
-        dev = getattr(getattr(learn, 'acc', None), 'device', 'cpu')
-        tot, cnt = torch.zeros(nd, device=dev), torch.zeros(nd, device=dev)
-        was = learn.model.training; learn.model.eval()
-        for b in dl:
-            b = {k: v.to(dev) for k, v in b.items()}
-            if 'domain' not in b: raise RuntimeError("DomainEvalCB needs validation batches with 'domain' (lm_dataloader(..., with_index=True))")
-            logits, labels = learn.task.forward(learn.model, b)[:, :-1], b['labels'][:, 1:]
-            tl = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction='none')
-            tot.index_add_(0, b['domain'], tl.view(labels.shape).sum(1))
-            cnt.index_add_(0, b['domain'], (labels != -100).sum(1).float())
-        if was: learn.model.train()
-        acc = getattr(learn, 'acc', None)
-        if acc is not None and acc.num_processes > 1: tot, cnt = acc.reduce(tot, 'sum'), acc.reduce(cnt, 'sum')
-        return {f'eval_{d}_loss': (tot[i] / cnt[i]).item() for i, d in enumerate(self.domains) if cnt[i] > 0}
-    def after_validate(self, learn):
-        m = self.domain_losses(learn)
-        if hasattr(learn, 'metrics'): learn.metrics.update(m)
-        learn.log(**m)
-
 # %% ../nbs/04_samplers.ipynb #a8834cac
 def block_fields(scfg:SamplingConfig, dcfg:DataConfig) -> dict:
     "The `lm_datasets(meta_fields=, group_field=)` arguments the sampling config needs."
@@ -291,11 +261,10 @@ def _domain_weights(scfg, names):
     return w
 
 def train_sampler(scfg:SamplingConfig, dcfg:DataConfig, blocks:Blocks, batch_size:int, seed:int=0, rank:int=0, world_size:int=1,
-                  logging_steps:int=100, valid_blocks:Blocks|None=None) -> tuple:
+                  logging_steps:int=100) -> tuple:
     "The training sampler (None: the default `EpochSampler`) and the callbacks the sampling config asks for."
     s, cbs, n = scfg, [], len(blocks)
     if s.use_length_curriculum: cbs.append(LengthCurriculumCB(s.start_length, s.end_length, s.length_curriculum_steps))
-    if valid_blocks is not None and valid_blocks.domains: cbs.append(DomainEvalCB(valid_blocks.domains))
     if not (s.use_curriculum or s.use_dynamic_curriculum or s.use_domain_stratified or s.use_quality_weighting): return None, cbs
     curriculum = tracker = weights = domains = None
     if s.use_curriculum:
