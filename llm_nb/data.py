@@ -16,7 +16,7 @@ from .config import DataConfig
 # %% auto #0
 __all__ = ['DataError', 'sotu_dir', 'read_documents', 'load_splits', 'cache_dir', 'tokenise', 'make_blocks', 'Blocks',
            'make_blocks_meta', 'collate_lm', 'IndexedBlocks', 'collate_indexed', 'EpochSampler', 'lm_datasets',
-           'lm_dataloader']
+           'lm_dataloader', 'epoch_loader']
 
 # %% ../nbs/02_data.ipynb #87b72acf
 class DataError(ValueError):
@@ -235,12 +235,16 @@ def lm_datasets(splits:datasets.DatasetDict, tok, block_size:int, packing:bool=T
 def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1,
                   sampler=None, with_index:bool=False):
     "A `DataLoader` over token blocks with `sampler` (default an `EpochSampler`, shuffled for training); `with_index` adds `index`/`domain`."
-    sampler = sampler or EpochSampler(len(blocks), seed, shuffle=train, rank=rank, world_size=world_size)
-    if train and len(sampler) < batch_size:
-        raise DataError(f"{len(blocks)} training blocks: fewer than one batch of {batch_size}; lower the batch size or add data")
     if with_index:
         dom = blocks.meta.get('domain') if isinstance(blocks, Blocks) else None
         ds, collate = IndexedBlocks(blocks), lambda b: collate_indexed(b, pad_id, dom)
     else: ds, collate = blocks, lambda b: collate_lm(b, pad_id)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=train, generator=torch.Generator().manual_seed(seed),
+    return epoch_loader(ds, batch_size, collate, train, seed, rank, world_size, sampler, what='blocks')
+
+def epoch_loader(rows, batch_size:int, collate, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, sampler=None, what='rows'):
+    "The `DataLoader` every training type uses: `sampler` (default a resumable `EpochSampler`), whole batches when training."
+    sampler = sampler or EpochSampler(len(rows), seed, shuffle=train, rank=rank, world_size=world_size)
+    if train and len(sampler) < batch_size:
+        raise DataError(f"{len(rows)} training {what}: fewer than one batch of {batch_size}; lower the batch size or add data")
+    return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=train, generator=torch.Generator().manual_seed(seed),
                       collate_fn=collate, pin_memory=torch.cuda.is_available())

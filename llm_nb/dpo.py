@@ -6,16 +6,15 @@ Docs: https://llm-nb.github.io/llm_nb/dpo.html.md"""
 
 # %% ../nbs/07_dpo.ipynb #3c2bfdc5
 from __future__ import annotations
-import contextlib, copy, hashlib, json, math, os, random, warnings
+import contextlib, copy, hashlib, json, math, os, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from safetensors.torch import save_file, load_file
 from .config import DataConfig, DPOConfig
-from .data import DataError, EpochSampler, cache_dir, _read_json, _read_jsonl
+from .data import DataError, epoch_loader, cache_dir
 from .loop import Callback, token_losses
-from .sft import ensure_chat_template, _messages
+from .sft import ensure_chat_template, _messages, read_records, split_examples
 
 # %% auto #0
 __all__ = ['LOSS_TYPES', 'pref_example', 'pref_examples', 'read_preference', 'preference_splits', 'preference_texts',
@@ -84,28 +83,14 @@ def pref_examples(rows, where:str='data', bad_rows:str='error') -> list:
 
 def read_preference(path, bad_rows:str='error') -> list:
     "Normalised preference examples from a .json or .jsonl file."
-    path = Path(path)
-    if not path.exists(): raise DataError(f"data file not found: {path}")
-    if path.suffix == '.jsonl': rows = _read_jsonl(path)
-    elif path.suffix == '.json': rows = _read_json(path)
-    else: raise DataError(f"{path}: preference data must be .json or .jsonl, got {path.suffix!r}")
-    return pref_examples(rows, str(path), bad_rows)
+    return pref_examples(read_records(path, 'preference data'), str(path), bad_rows)
 
 # %% ../nbs/07_dpo.ipynb #0c40d62f
 def preference_splits(cfg:DataConfig, seed:int=42, bad_rows:str='error') -> dict:
     "Train/validation(/test) lists of preference examples as `cfg` describes (same split rule as SFT)."
     if not cfg.train_file: raise DataError("training_type=dpo needs data.train_file (a .json or .jsonl of preference pairs)")
     if cfg.format not in ('auto', 'preference'): raise DataError(f"data.format={cfg.format!r} cannot be used for DPO; use auto or preference")
-    train, out = read_preference(cfg.train_file, bad_rows), {}
-    if cfg.eval_file: out['validation'] = read_preference(cfg.eval_file, bad_rows)
-    elif cfg.validation_split > 0:
-        if len(train) < 2: raise DataError(f"{cfg.train_file}: one pair cannot be split; give data.eval_file")
-        idx = list(range(len(train))); random.Random(seed).shuffle(idx)
-        n_val = max(1, round(len(train) * cfg.validation_split))
-        out['validation'] = [train[i] for i in idx[:n_val]]
-        train = [train[i] for i in sorted(idx[n_val:])]
-    if cfg.test_file: out['test'] = read_preference(cfg.test_file, bad_rows)
-    return dict(train=train, **out)
+    return split_examples(cfg, lambda p: read_preference(p, bad_rows), seed, 'pair')
 
 def preference_texts(examples):
     "Every string of the examples (prompts, messages, completions): what a tokenizer trained for DPO data should see."
@@ -178,11 +163,7 @@ def collate_dpo(rows, pad_id:int) -> dict:
 
 def dpo_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1):
     "A `DataLoader` of pair batches over encoded rows with a resumable `EpochSampler` (shuffled for training)."
-    sampler = EpochSampler(len(rows), seed, shuffle=train, rank=rank, world_size=world_size)
-    if train and len(sampler) < batch_size:
-        raise DataError(f"{len(rows)} training pairs: fewer than one batch of {batch_size}; lower the batch size or add data")
-    return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=train,
-                      collate_fn=lambda b: collate_dpo(b, pad_id), pin_memory=torch.cuda.is_available())
+    return epoch_loader(rows, batch_size, lambda b: collate_dpo(b, pad_id), train, seed, rank, world_size, what='pairs')
 
 # %% ../nbs/07_dpo.ipynb #91cb1551
 LOSS_TYPES = ('sigmoid', 'hinge', 'ipo', 'robust')

@@ -9,16 +9,15 @@ from __future__ import annotations
 import html, math, random, warnings
 from pathlib import Path
 import torch
-from torch.utils.data import DataLoader
 from .config import DataConfig
-from .data import DataError, EpochSampler, _read_json, _read_jsonl
+from .data import DataError, epoch_loader, _read_json, _read_jsonl
 from .loop import LMTask
 
 # %% auto #0
 __all__ = ['IM_START', 'IM_END', 'CHATML', 'ensure_chat_template', 'stop_token_ids', 'prepare_model_for_chat', 'row_format',
-           'to_example', 'assistant_spans', 'encode_chat', 'encode_text', 'show_mask', 'read_sft', 'sft_splits',
-           'encode_examples', 'wants_sft', 'example_texts', 'pack_examples', 'pack_documents', 'collate_sft', 'SFTTask',
-           'sft_datasets', 'sft_dataloader']
+           'to_example', 'assistant_spans', 'encode_chat', 'encode_text', 'show_mask', 'read_records', 'read_sft',
+           'split_examples', 'sft_splits', 'encode_examples', 'wants_sft', 'example_texts', 'pack_examples',
+           'pack_documents', 'collate_sft', 'SFTTask', 'sft_datasets', 'sft_dataloader']
 
 # %% ../nbs/06a_sft.ipynb #be72d9ae
 IM_START, IM_END = '<|im_start|>', '<|im_end|>'
@@ -150,29 +149,37 @@ def show_mask(ex:dict, tok, html_out:bool=False):
                                   for on, s in out) + '</pre>')
 
 # %% ../nbs/06a_sft.ipynb #144187e8
-def read_sft(path, fmt:str='auto') -> list:
-    "Normalised SFT examples from a .json/.jsonl file (see `to_example`)."
+def read_records(path, what:str='SFT data') -> list:
+    "The records of a .json or .jsonl file of `what`; errors name the file."
     path = Path(path)
     if not path.exists(): raise DataError(f"data file not found: {path}")
-    if path.suffix == '.jsonl': rows = _read_jsonl(path)
-    elif path.suffix == '.json': rows = _read_json(path)
-    else: raise DataError(f"{path}: SFT data must be .json or .jsonl, got {path.suffix!r}")
+    if path.suffix == '.jsonl': return _read_jsonl(path)
+    if path.suffix == '.json': return _read_json(path)
+    raise DataError(f"{path}: {what} must be .json or .jsonl, got {path.suffix!r}")
+
+def read_sft(path, fmt:str='auto') -> list:
+    "Normalised SFT examples from a .json/.jsonl file (see `to_example`)."
+    rows = read_records(path)
     if not rows: raise DataError(f"{path}: no examples")
     return [to_example(r, fmt, f"{path}, record {i}") for i, r in enumerate(rows, 1)]
 
-def sft_splits(cfg:DataConfig, seed:int=42) -> dict:
-    "Train/validation(/test) lists of SFT examples as `cfg` describes."
-    if not cfg.train_file: raise DataError("training_type=sft needs data.train_file (a .json or .jsonl of examples)")
-    train, out = read_sft(cfg.train_file, cfg.format), {}
-    if cfg.eval_file: out['validation'] = read_sft(cfg.eval_file, cfg.format)
+def split_examples(cfg:DataConfig, read, seed:int=42, what:str='example') -> dict:
+    "Train/validation(/test) lists, `read(path)` for each file; without `eval_file`, a seeded `validation_split` of train."
+    train, out = read(cfg.train_file), {}
+    if cfg.eval_file: out['validation'] = read(cfg.eval_file)
     elif cfg.validation_split > 0:
-        if len(train) < 2: raise DataError(f"{cfg.train_file}: one example cannot be split; give data.eval_file")
+        if len(train) < 2: raise DataError(f"{cfg.train_file}: one {what} cannot be split; give data.eval_file")
         idx = list(range(len(train))); random.Random(seed).shuffle(idx)
         n_val = max(1, round(len(train) * cfg.validation_split))
         out['validation'] = [train[i] for i in idx[:n_val]]
         train = [train[i] for i in sorted(idx[n_val:])]
-    if cfg.test_file: out['test'] = read_sft(cfg.test_file, cfg.format)
+    if cfg.test_file: out['test'] = read(cfg.test_file)
     return dict(train=train, **out)
+
+def sft_splits(cfg:DataConfig, seed:int=42) -> dict:
+    "Train/validation(/test) lists of SFT examples as `cfg` describes."
+    if not cfg.train_file: raise DataError("training_type=sft needs data.train_file (a .json or .jsonl of examples)")
+    return split_examples(cfg, lambda p: read_sft(p, cfg.format), seed, 'example')
 
 def encode_examples(examples, tok, max_length:int) -> list:
     "Token ids and labels for normalised examples; drops (with a warning) those left with nothing to train."
@@ -251,8 +258,4 @@ def sft_datasets(splits:dict, tok, block_size:int, packing:bool=True) -> dict:
 
 def sft_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1):
     "A `DataLoader` over SFT rows with an `EpochSampler` (shuffled for training)."
-    sampler = EpochSampler(len(rows), seed, shuffle=train, rank=rank, world_size=world_size)
-    if train and len(sampler) < batch_size:
-        raise DataError(f"{len(rows)} training rows: fewer than one batch of {batch_size}; lower the batch size or add data")
-    return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=train,
-                      collate_fn=lambda b: collate_sft(b, pad_id), pin_memory=torch.cuda.is_available())
+    return epoch_loader(rows, batch_size, lambda b: collate_sft(b, pad_id), train, seed, rank, world_size, what='rows')
