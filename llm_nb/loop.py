@@ -435,11 +435,8 @@ class ProgressCB(Callback):
     def after_fit(self, learn): self.bar.close()
 
 # %% ../nbs/05_loop.ipynb #2855baf5
-def plot_history(history, path=None):
-    "Train/eval loss and learning rate against step; saved to `path` when given."
-    import matplotlib
-    if path is not None and matplotlib.get_backend().lower() not in ('agg',) and 'inline' not in matplotlib.get_backend():
-        matplotlib.use('Agg')
+def plot_history(history):
+    "Train/eval loss and learning rate against step, as a figure (for notebooks)."
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key, style in (('loss', '-'), ('eval_loss', 'o-')):
@@ -450,13 +447,10 @@ def plot_history(history, path=None):
     if pts: a2.plot(*zip(*pts))
     a2.set_xlabel('step'); a2.set_ylabel('learning rate'); a2.grid(alpha=.3)
     fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
     return fig
 
 class HistoryCB(Callback):
-    "Write `loss_history.json` after each log and `plots/loss.png` at the end of training."
+    "Write `loss_history.json` (atomically) after each log."
     order = 110
     def __init__(self, path): self.path = Path(path)
     def after_log(self, learn):
@@ -465,10 +459,6 @@ class HistoryCB(Callback):
         tmp = self.path/'loss_history.json.tmp'
         tmp.write_text(json.dumps(learn.history, indent=1))
         os.replace(tmp, self.path/'loss_history.json')
-    def after_fit(self, learn):
-        if not learn.acc.is_main_process or not learn.history: return
-        import matplotlib.pyplot as plt
-        plt.close(plot_history(learn.history, self.path/'plots'/'loss.png'))
     def state_dict(self): return {}
 
 # %% ../nbs/05_loop.ipynb #f59d0e4d

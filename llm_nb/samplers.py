@@ -228,7 +228,7 @@ class LengthCurriculumCB:
 def block_fields(scfg:SamplingConfig, dcfg:DataConfig) -> dict:
     "The `lm_datasets(meta_fields=, group_field=)` arguments the sampling config needs."
     meta = []
-    if scfg.use_curriculum and scfg.curriculum_strategy == 'difficulty_field': meta.append(getattr(dcfg, 'difficulty_field', 'difficulty'))
+    if scfg.use_curriculum and scfg.curriculum_strategy == 'difficulty_field': meta.append(dcfg.difficulty_field)
     if scfg.use_quality_weighting or dcfg.quality_field:
         if not dcfg.quality_field: raise ConfigError("sampling.use_quality_weighting=true needs data.quality_field (the column with scores in [0, 1])")
         meta.append(dcfg.quality_field)
@@ -268,8 +268,8 @@ def train_sampler(scfg:SamplingConfig, dcfg:DataConfig, blocks:Blocks, batch_siz
     if not (s.use_curriculum or s.use_dynamic_curriculum or s.use_domain_stratified or s.use_quality_weighting): return None, cbs
     curriculum = tracker = weights = domains = None
     if s.use_curriculum:
-        key = 'length' if s.curriculum_strategy == 'length' else getattr(dcfg, 'difficulty_field', 'difficulty')
-        curriculum = CurriculumSchedule(blocks.meta[key], s.curriculum_start_fraction, getattr(s, 'curriculum_epochs', 2))
+        key = 'length' if s.curriculum_strategy == 'length' else dcfg.difficulty_field
+        curriculum = CurriculumSchedule(blocks.meta[key], s.curriculum_start_fraction, s.curriculum_epochs)
     if s.use_quality_weighting: weights = quality_weights(blocks.meta[dcfg.quality_field], dcfg.quality_field)
     if s.use_domain_stratified: domains = blocks.meta['domain']
     if s.use_dynamic_curriculum: tracker = DynamicCurriculumTracker(n)
