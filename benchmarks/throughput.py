@@ -6,12 +6,13 @@ W: GPT-2 `GPT2Config(n_layer=6, n_head=6, n_embd=384, n_positions=256, vocab_siz
 micro-batch 16, AdamW(3e-4, betas 0.9/0.95, weight decay 0.1), gradient clipping at 1.0, random token batches.
 Every system runs in its own subprocess (so its peak RSS is its own), after `--warmup` untimed steps; rounds
 alternate the order of the systems so that drift of the machine (thermal, neighbours) hits all of them alike.
-MFU is measured against the bf16 GEMM peak of this machine, measured in the same run (2048² matmul).
+MFU is measured against this machine's best GEMM rate, bf16 or fp32 (a 2048² matmul in each, measured in the same
+run): CPUs without native bf16 (no AMX / AVX512-BF16) emulate it at a fraction of their fp32 rate.
 The table is printed last."""
 import argparse, json, os, resource, statistics, subprocess, sys, time
 
 B, T, V = 16, 256, 8192
-SYSTEMS = ['llm_nb', 'hf_trainer', 'hf_trainer_bf16_compile', 'plain_fp32', 'plain_bf16', 'plain_bf16_compile']
+SYSTEMS = ['llm_nb', 'hf_trainer', 'hf_trainer_bf16_compile', 'plain_fp32', 'plain_bf16', 'plain_fp32_compile', 'plain_bf16_compile']
 
 def w_config():
     from transformers import GPT2Config
@@ -76,6 +77,7 @@ def run_plain(n, bf16=False, compile=False):
 RUNNERS = dict(llm_nb=run_llm_nb, hf_trainer=run_hf_trainer,
                hf_trainer_bf16_compile=lambda n: run_hf_trainer(n, bf16=True, compile=True),
                plain_fp32=run_plain, plain_bf16=lambda n: run_plain(n, bf16=True),
+               plain_fp32_compile=lambda n: run_plain(n, compile=True),
                plain_bf16_compile=lambda n: run_plain(n, bf16=True, compile=True))
 
 def gemm_peak(dtype_name='bfloat16', n=2048, reps=10):
@@ -104,7 +106,8 @@ def main():
     a = p.parse_args()
     if a.worker: return worker(a.worker, a.steps, a.warmup)
     systems = a.systems.split(',')
-    peak, fpt = gemm_peak(), flops_per_token()
+    peaks, fpt = {d: gemm_peak(d) for d in ('bfloat16', 'float32')}, flops_per_token()
+    peak = max(peaks.values())
     res = {s: dict(times=[], rss=0.0) for s in systems}
     for r in range(a.rounds):
         for s in (systems if r % 2 == 0 else systems[::-1]):
@@ -114,14 +117,18 @@ def main():
             d = json.loads(out.stdout.strip().splitlines()[-1])
             res[s]['times'] += d['times']; res[s]['rss'] = max(res[s]['rss'], d['peak_rss_mb'])
             print(f"round {r + 1}: {s} done ({statistics.median(d['times']):.3f} s/step)", file=sys.stderr, flush=True)
-    base = statistics.median(B * T / t for t in res['hf_trainer']['times']) if 'hf_trainer' in res else None
+    med = {s: statistics.median(B * T / t for t in res[s]['times']) for s in systems}
+    base = med.get('hf_trainer')
+    plain = max((s for s in systems if s.startswith('plain')), key=med.get, default=None)
     print(f"\nWorkload W: GPT-2 6x384, T={T}, batch {B}; {a.rounds} rounds x {a.steps} timed steps; "
-          f"bf16 GEMM peak {peak/1e9:.0f} GFLOP/s; {fpt/1e9:.3f} GFLOP/token; {os.cpu_count()} CPUs")
-    print(f"{'system':<26}{'tok/s median':>13}{'min':>8}{'max':>8}{'MFU':>7}{'vs HF':>7}{'peak RSS MB':>13}")
+          f"GEMM peak bf16 {peaks['bfloat16']/1e9:.0f}, fp32 {peaks['float32']/1e9:.0f} GFLOP/s; {fpt/1e9:.3f} GFLOP/token; "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'system':<26}{'tok/s median':>13}{'min':>8}{'max':>8}{'MFU':>7}{'vs HF':>7}{'vs best plain':>14}{'peak RSS MB':>13}")
     for s in systems:
         tps = sorted(B * T / t for t in res[s]['times'])
-        med = statistics.median(tps)
-        print(f"{s:<26}{med:>13.0f}{tps[0]:>8.0f}{tps[-1]:>8.0f}{med * fpt / peak:>7.1%}"
-              f"{(med / base if base else float('nan')):>7.2f}{res[s]['rss']:>13.0f}")
+        print(f"{s:<26}{med[s]:>13.0f}{tps[0]:>8.0f}{tps[-1]:>8.0f}{med[s] * fpt / peak:>7.1%}"
+              f"{(med[s] / base if base else float('nan')):>7.2f}{(med[s] / med[plain] if plain else float('nan')):>14.2f}"
+              f"{res[s]['rss']:>13.0f}")
+    if plain: print(f"best plain loop: {plain}")
 
 if __name__ == '__main__': main()

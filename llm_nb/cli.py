@@ -12,7 +12,7 @@ import torch, transformers
 from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
-from .model import build_model, describe
+from .model import build_model, compile_model, describe
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError
@@ -139,7 +139,7 @@ def build_learner(cfg:Config) -> Learner:
         if sft: prepare_model_for_chat(model, tok)
         block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
         d = training_data(cfg, splits, tok, block, acc)
-    if t.compile: model.compile()  # in place: parameter names, checkpoints and exports stay those of the plain model
+    if t.compile: compile_model(model)  # in place, block by block: parameter names, checkpoints and exports stay plain
     opt = build_optimizer(model, t)
     learn = Learner(model, d['train_dl'], d['valid_dl'], technique_task(t, d['task']), opt, make_scheduler(opt, t, d['max_steps']),
                     config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,

@@ -7,22 +7,25 @@ Docs: https://llm-nb.github.io/llm_nb/loop.html.md"""
 # %% ../nbs/05_loop.ipynb #76e8cd75
 from __future__ import annotations
 import ctypes, json, math, os, sys, time, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import extract_model_from_parallel
 from transformers import get_scheduler
 from tqdm.auto import tqdm
 from .config import TrainingConfig
 
 # %% auto #0
-__all__ = ['CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets', 'token_losses', 'causal_lm_loss',
-           'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler', 'resolve_mixed_precision',
-           'make_accelerator', 'keep_freed_memory', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb',
-           'TrainMetricsCB', 'NaNGuardCB', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB',
-           'TensorBoardCB', 'JsonlCB']
+__all__ = ['FUSED_CE_MODEL_TYPES', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets',
+           'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce',
+           'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler',
+           'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator', 'keep_freed_memory', 'TrainState',
+           'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB', 'EvalCB', 'TimeBudgetCB',
+           'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -52,24 +55,108 @@ def causal_lm_loss(logits, labels, n_tokens=None, label_smoothing:float=0.0):
     n = n_tokens if n_tokens is not None else n_targets(dict(labels=labels))
     return token_losses(logits, labels, label_smoothing).sum() / n
 
+# %% ../nbs/05_loop.ipynb #af039c22
+FUSED_CE_MODEL_TYPES = {'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3'}  # logits = lm_head(hidden), checked in tests
+
+def fused_ce_supported(model) -> bool:
+    "True when `model` (possibly wrapped by DDP, peft or compile) is a causal LM whose logits are its bias-free head applied to the head's input."
+    raw = extract_model_from_parallel(model)
+    head = raw.get_output_embeddings() if hasattr(raw, 'get_output_embeddings') else None
+    return (getattr(getattr(raw, 'config', None), 'model_type', None) in FUSED_CE_MODEL_TYPES
+            and type(head) is nn.Linear and head.bias is None)
+
+@contextmanager
+def head_returns_hidden(model):
+    "Within: a call of `model` returns the output head's input as `.logits` (the head multiplies an empty slice). Yields the head."
+    head, seen = extract_model_from_parallel(model).get_output_embeddings(), []
+    def before(mod, args): seen.append(args[0]); return (args[0][..., :0, :],)
+    def after(mod, args, out): return seen.pop()
+    hooks = [head.register_forward_pre_hook(before), head.register_forward_hook(after)]
+    try: yield head
+    finally:
+        for h in hooks: h.remove()
+
+# %% ../nbs/05_loop.ipynb #f5257b92
+def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, max_logits:int=2**25):
+    """Cross-entropy of the logits `h @ w.T` (`h` [N, D], `w` [V, D], `labels` [N], -100 = ignored), a chunk of rows
+    at a time. Returns per-row losses (fp32, 0 where ignored), then with `grads` the gradients of their sum w.r.t.
+    `h` and `w` (and `None`), without `grads` the argmax hits (and `None`, `None`)."""
+    dev = h.device.type
+    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    with torch.autocast(dev, enabled=False):
+        hc, wc, eps = h.to(dt), w.to(dt), label_smoothing
+        N, V = hc.shape[0], wc.shape[0]
+        losses = torch.zeros(N, dtype=torch.float32, device=h.device)
+        if grads: gh, gw = torch.empty_like(hc), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        else: hits = torch.zeros(N, dtype=torch.bool, device=h.device)
+        rows = max(1, max_logits // V)
+        for s in range(0, N, rows):
+            x, y = hc[s:s + rows], labels[s:s + rows]
+            z = (x @ wc.t()).float()
+            keep, tgt = y != -100, y.clamp(min=0)[:, None]
+            lse = z.logsumexp(-1)
+            loss = lse - z.gather(1, tgt)[:, 0]
+            if eps: loss = (1 - eps) * loss + eps * (lse - z.mean(-1))
+            losses[s:s + rows] = loss * keep
+            if not grads:
+                hits[s:s + rows] = (z.argmax(-1) == y) & keep
+                continue
+            p = z.sub_(lse[:, None]).exp_()            # softmax, in place of the logits
+            if eps: p.sub_(eps / V)
+            p.scatter_add_(1, tgt, p.new_full(tgt.shape, eps - 1))
+            p = p.mul_(keep[:, None]).to(dt)           # d loss / d logits
+            gh[s:s + rows] = p @ wc
+            gw += (p.t() @ x).float()
+    return (losses, gh, gw) if grads else (losses, hits, None)
+
+class _HeadCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, labels, label_smoothing):
+        losses, gh, gw = head_ce(h, w, labels, label_smoothing)
+        ctx.save_for_backward(gh, gw)
+        ctx.dtypes = h.dtype, w.dtype
+        ctx.mark_non_differentiable(losses)
+        return losses.sum(), losses
+    @staticmethod
+    def backward(ctx, g, _):
+        gh, gw = ctx.saved_tensors
+        return (gh.float() * g).to(ctx.dtypes[0]), (gw * g).to(ctx.dtypes[1]), None, None
+
+def fused_token_losses(hidden, weight, labels, label_smoothing:float=0.0):
+    "From the head's input `hidden` [B, T, D]: the summed next-token loss (differentiable) and the per-position losses [B, T-1] (detached)."
+    h, y = hidden[:, :-1], labels[:, 1:]
+    total, per = _HeadCE.apply(h.reshape(-1, h.shape[-1]), weight, y.reshape(-1), label_smoothing)
+    return total, per.view(y.shape)
+
 # %% ../nbs/05_loop.ipynb #80dbbf34
 class LMTask:
     "Causal language modelling: predict every next token whose label is not -100."
-    def __init__(self, label_smoothing:float=0.0):
+    def __init__(self, label_smoothing:float=0.0, fused:bool=True):
         if not 0 <= label_smoothing < 1: raise ValueError(f"training.label_smoothing={label_smoothing}: must be in [0, 1)")
-        self.label_smoothing, self.step_metrics = label_smoothing, {}
+        self.label_smoothing, self.fused, self.step_metrics = label_smoothing, fused, {}
     def n_tokens(self, batch): return n_targets(batch)
     def forward(self, model, batch):
         return model(input_ids=batch['input_ids'], attention_mask=batch.get('attention_mask')).logits
+    def head_input(self, model, batch):
+        "`(hidden states entering the output head, the head)` from one whole-model call, or `None` where the fused loss does not apply."
+        if not (getattr(self, 'fused', True) and fused_ce_supported(model)): return None
+        with head_returns_hidden(model) as head: return self.forward(model, batch), head
     def loss(self, model, batch, n_tokens):
         "The batch's share of the step loss; also keeps each sequence's mean token loss in `sample_losses`."
-        tl = token_losses(self.forward(model, batch), batch['labels'], getattr(self, 'label_smoothing', 0.0))
-        self.sample_losses = tl.detach().sum(1) / (batch['labels'][:, 1:] != -100).sum(1).clamp(min=1)
-        return tl.sum() / n_tokens
+        labels, ls = batch['labels'], getattr(self, 'label_smoothing', 0.0)
+        if (hh := self.head_input(model, batch)) is not None: total, tl = fused_token_losses(hh[0], hh[1].weight, labels, ls)
+        else: tl = token_losses(self.forward(model, batch), labels, ls); total, tl = tl.sum(), tl.detach()
+        self.sample_losses = tl.sum(1) / (labels[:, 1:] != -100).sum(1).clamp(min=1)
+        return total / n_tokens
     def eval_sums(self, model, batch) -> dict:
         "Summed loss, correct predictions and target count for one batch (combined across batches)."
-        logits, labels = self.forward(model, batch)[:, :-1], batch['labels'][:, 1:]
+        labels = batch['labels'][:, 1:]
         mask = labels != -100
+        if (hh := self.head_input(model, batch)) is not None:
+            h = hh[0][:, :-1]
+            loss, hits, _ = head_ce(h.reshape(-1, h.shape[-1]), hh[1].weight, labels.reshape(-1), grads=False)
+            return dict(loss=loss.sum(), correct=hits.sum(), n=mask.sum())
+        logits = self.forward(model, batch)[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction='sum')
         return dict(loss=loss, correct=((logits.argmax(-1) == labels) & mask).sum(), n=mask.sum())
 
@@ -99,12 +186,17 @@ def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
     return get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
 
 # %% ../nbs/05_loop.ipynb #84206f03
+def cpu_has_native_bf16() -> bool:
+    "True when this CPU computes bf16 matmuls natively (x86 AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."
+    try: return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError: return False  # a torch build without these probes: assume emulated
+
 def resolve_mixed_precision(mp:str='auto') -> str:
-    "`auto` → 'bf16' where supported (CUDA with bf16, or CPU), 'fp16' on older CUDA, else 'no'."
+    "`auto` → 'bf16' on CUDA with bf16 or a CPU with native bf16, 'fp16' on older CUDA, else 'no'."
     if mp != 'auto': return mp
     if torch.cuda.is_available(): return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     if torch.backends.mps.is_available(): return 'no'
-    return 'bf16'
+    return 'bf16' if cpu_has_native_bf16() else 'no'
 
 def make_accelerator(mixed_precision='auto') -> Accelerator:
     "An `Accelerator` with the resolved precision; replaces a previous one's settings in the same process."
@@ -212,7 +304,7 @@ def _one_step(self:Learner, micro_batches):
             sync = i == len(self.batch) - 1
             with (self.acc.no_sync(self.model) if not sync and self.acc.num_processes > 1 else _nullctx()):
                 self.micro_batch = b
-                self.micro_loss = self.training_step(b, n_tok)
+                with self.acc.autocast(): self.micro_loss = self.training_step(b, n_tok)
                 self.sample_losses = getattr(self.task, 'sample_losses', None)
                 if getattr(self.task, 'step_metrics', None): self.step_metric(**self.task.step_metrics); self.task.step_metrics = {}
                 self.event('after_loss')
@@ -280,7 +372,7 @@ def _validate(self:Learner, dl=None, prefix='eval_') -> dict:
     self.model.eval()
     tot = None
     for b in dl:
-        s = self.task.eval_sums(self.model, _to(b, self.acc.device))
+        with self.acc.autocast(): s = self.task.eval_sums(self.model, _to(b, self.acc.device))
         tot = s if tot is None else {k: tot[k] + s[k] for k in tot}
     if was_training: self.model.train()
     tot = {k: self.acc.reduce(v.float().reshape(1), 'sum').item() for k, v in tot.items()}

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from .config import ModelConfig
 
 # %% auto #0
-__all__ = ['model_config', 'build_model', 'count_params', 'flops_per_token', 'describe']
+__all__ = ['model_config', 'build_model', 'compile_model', 'count_params', 'flops_per_token', 'describe']
 
 # %% ../nbs/03_model.ipynb #bb131a03
 def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_id=None):
@@ -21,7 +21,7 @@ def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_
     if cfg.arch == 'gpt2':
         return GPT2Config(vocab_size=vocab_size, n_positions=cfg.max_length, n_embd=cfg.d_model, n_layer=cfg.num_layers,
                           n_head=cfg.num_heads, n_inner=cfg.d_ff, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                          attn_pdrop=cfg.attention_dropout, **ids)
+                          attn_pdrop=cfg.attention_dropout, activation_function='gelu_pytorch_tanh', **ids)
     return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=cfg.max_length, hidden_size=cfg.d_model,
                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.d_ff,
                        attention_dropout=cfg.attention_dropout, **ids)
@@ -39,6 +39,14 @@ def build_model(cfg:ModelConfig, tok=None, vocab_size:int|None=None):
         ids = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if tok is not None else (None, None, None)
         model = AutoModelForCausalLM.from_config(model_config(cfg, vocab_size, *ids), attn_implementation='sdpa')
     if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    return model
+
+# %% ../nbs/03_model.ipynb #a4372f07
+def compile_model(model):
+    "Compile `model` in place, block by block (its largest `nn.ModuleList` of blocks), or whole when it has no such list."
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    if not lists: model.compile(); return model
+    for block in max(lists, key=lambda l: sum(p.numel() for p in l.parameters())): block.compile()
     return model
 
 # %% ../nbs/03_model.ipynb #c2930a12
