@@ -19,7 +19,7 @@ from pathlib import Path
 def run_llm_nb(out:Path, minutes:float) -> dict:
     from llm_nb.cli import train
     from llm_nb.config import load_config
-    learn = train(load_config(None, {'output_dir': str(out), 'training.max_training_hours': minutes / 60}))
+    learn = train(load_config(None, [f'output_dir={out}', f'training.max_training_hours={minutes / 60}']))
     return dict(steps=learn.state.step, tokens=learn.state.tokens_seen, train_s=learn.state.elapsed)
 
 def run_hf(out:Path, minutes:float, tokenizer_dir:Path) -> dict:

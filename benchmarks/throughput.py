@@ -12,7 +12,7 @@ The table is printed last."""
 import argparse, json, os, resource, statistics, subprocess, sys, time
 
 B, T, V = 16, 256, 8192
-SYSTEMS = ['llm_nb', 'hf_trainer', 'hf_trainer_bf16_compile', 'plain_fp32', 'plain_bf16', 'plain_fp32_compile', 'plain_bf16_compile']
+SYSTEMS = ['llm_nb', 'llm_nb_compile', 'hf_trainer', 'hf_trainer_bf16_compile', 'plain_fp32', 'plain_bf16', 'plain_fp32_compile', 'plain_bf16_compile']
 
 def w_config():
     from transformers import GPT2Config
@@ -23,13 +23,14 @@ def batches(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, V, (T,), generator=g) for _ in range(n * B)]
 
-def run_llm_nb(n):
-    "llm_nb's defaults: its model builder, optimizer factory, loader, Learner and callbacks (bf16 autocast via `auto`)."
+def run_llm_nb(n, compile=False):
+    "llm_nb's defaults: its model builder, optimizer factory, loader, Learner and callbacks (`mixed_precision: auto`)."
     from llm_nb.config import ModelConfig, TrainingConfig
-    from llm_nb.model import build_model
+    from llm_nb.model import build_model, compile_model
     from llm_nb.data import lm_dataloader
     from llm_nb.loop import Learner, make_optimizer, make_scheduler, Callback, ClipGradCB, TrainMetricsCB
     model = build_model(ModelConfig(dropout=0.0), vocab_size=V)
+    if compile: compile_model(model)   # `training.compile: true`
     tc = TrainingConfig(weight_decay=0.1, max_grad_norm=1.0)
     opt = make_optimizer(model, tc)
     times = []
@@ -74,7 +75,7 @@ def run_plain(n, bf16=False, compile=False):
         times.append(time.perf_counter() - t)
     return times
 
-RUNNERS = dict(llm_nb=run_llm_nb, hf_trainer=run_hf_trainer,
+RUNNERS = dict(llm_nb=run_llm_nb, llm_nb_compile=lambda n: run_llm_nb(n, compile=True), hf_trainer=run_hf_trainer,
                hf_trainer_bf16_compile=lambda n: run_hf_trainer(n, bf16=True, compile=True),
                plain_fp32=run_plain, plain_bf16=lambda n: run_plain(n, bf16=True),
                plain_fp32_compile=lambda n: run_plain(n, compile=True),
