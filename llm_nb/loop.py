@@ -21,7 +21,7 @@ from .config import TrainingConfig
 
 # %% auto #0
 __all__ = ['FUSED_CE_MODEL_TYPES', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets',
-           'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce',
+           'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce', 'next_token_rows',
            'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler',
            'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator', 'keep_freed_memory', 'TrainState',
            'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB', 'EvalCB', 'TimeBudgetCB',
@@ -79,8 +79,8 @@ def head_returns_hidden(model):
 # %% ../nbs/05_loop.ipynb #f5257b92
 def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, max_logits:int=2**25):
     """Cross-entropy of the logits `h @ w.T` (`h` [N, D], `w` [V, D], `labels` [N], -100 = ignored), a chunk of rows
-    at a time. Returns per-row losses (fp32, 0 where ignored), then with `grads` the gradients of their sum w.r.t.
-    `h` and `w` (and `None`), without `grads` the argmax hits (and `None`, `None`)."""
+    at a time. Returns `(losses, dh, dw)` with `grads` — per-row losses (fp32, 0 where ignored) and the gradients of
+    their sum w.r.t. `h` and `w` — and `(losses, hits, None)` without, `hits` marking rows whose argmax is the label."""
     dev = h.device.type
     dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     with torch.autocast(dev, enabled=False):
@@ -122,11 +122,15 @@ class _HeadCE(torch.autograd.Function):
         gh, gw = ctx.saved_tensors
         return (gh.float() * g).to(ctx.dtypes[0]), (gw * g).to(ctx.dtypes[1]), None, None
 
+def next_token_rows(hidden, labels):
+    "Each position's head input [B·(T-1), D] beside the label of the token after it [B·(T-1)]."
+    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
+
 def fused_token_losses(hidden, weight, labels, label_smoothing:float=0.0):
     "From the head's input `hidden` [B, T, D]: the summed next-token loss (differentiable) and the per-position losses [B, T-1] (detached)."
-    h, y = hidden[:, :-1], labels[:, 1:]
-    total, per = _HeadCE.apply(h.reshape(-1, h.shape[-1]), weight, y.reshape(-1), label_smoothing)
-    return total, per.view(y.shape)
+    h, y = next_token_rows(hidden, labels)
+    total, per = _HeadCE.apply(h, weight, y, label_smoothing)
+    return total, per.view(labels[:, 1:].shape)
 
 # %% ../nbs/05_loop.ipynb #80dbbf34
 class LMTask:
@@ -138,25 +142,24 @@ class LMTask:
     def forward(self, model, batch):
         return model(input_ids=batch['input_ids'], attention_mask=batch.get('attention_mask')).logits
     def head_input(self, model, batch):
-        "`(hidden states entering the output head, the head)` from one whole-model call, or `None` where the fused loss does not apply."
+        "`(hidden states entering the output head, the head's weight)` from one whole-model call, or `None` where the fused loss does not apply."
         if not (getattr(self, 'fused', True) and fused_ce_supported(model)): return None
-        with head_returns_hidden(model) as head: return self.forward(model, batch), head
+        with head_returns_hidden(model) as head: return self.forward(model, batch), head.weight
     def loss(self, model, batch, n_tokens):
         "The batch's share of the step loss; also keeps each sequence's mean token loss in `sample_losses`."
         labels, ls = batch['labels'], getattr(self, 'label_smoothing', 0.0)
-        if (hh := self.head_input(model, batch)) is not None: total, tl = fused_token_losses(hh[0], hh[1].weight, labels, ls)
+        if (hw := self.head_input(model, batch)) is not None: total, tl = fused_token_losses(*hw, labels, ls)
         else: tl = token_losses(self.forward(model, batch), labels, ls); total, tl = tl.sum(), tl.detach()
         self.sample_losses = tl.sum(1) / (labels[:, 1:] != -100).sum(1).clamp(min=1)
         return total / n_tokens
     def eval_sums(self, model, batch) -> dict:
         "Summed loss, correct predictions and target count for one batch (combined across batches)."
-        labels = batch['labels'][:, 1:]
+        if (hw := self.head_input(model, batch)) is not None:
+            h, y = next_token_rows(hw[0], batch['labels'])
+            loss, hits, _ = head_ce(h, hw[1], y, grads=False)
+            return dict(loss=loss.sum(), correct=hits.sum(), n=(y != -100).sum())
+        logits, labels = self.forward(model, batch)[:, :-1], batch['labels'][:, 1:]
         mask = labels != -100
-        if (hh := self.head_input(model, batch)) is not None:
-            h = hh[0][:, :-1]
-            loss, hits, _ = head_ce(h.reshape(-1, h.shape[-1]), hh[1].weight, labels.reshape(-1), grads=False)
-            return dict(loss=loss.sum(), correct=hits.sum(), n=mask.sum())
-        logits = self.forward(model, batch)[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction='sum')
         return dict(loss=loss, correct=((logits.argmax(-1) == labels) & mask).sum(), n=mask.sum())
 
