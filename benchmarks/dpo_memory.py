@@ -100,7 +100,8 @@ def main():
     if args.mode: return worker(args)
     res = []
     for m in args.modes.split(','):
-        cmd = [sys.executable, __file__, '--mode', m] + [a for a in sys.argv[1:] if not a.startswith('--modes')]
+        opts = [f'--{k}' if v is True else f'--{k}={v}' for k, v in vars(args).items() if k not in ('mode', 'modes') and v is not False]
+        cmd = [sys.executable, __file__, '--mode', m] + opts
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in out.stdout.splitlines() if l.startswith('{')]
         if out.returncode or not line: print(f"{m} failed:\n{out.stderr[-2000:]}"); continue

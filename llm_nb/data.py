@@ -207,16 +207,17 @@ def collate_indexed(items, pad_id:int, domain=None) -> dict:
 
 # %% ../nbs/02_data.ipynb #7aa02727
 class EpochSampler(Sampler):
-    "Seeded per-epoch shuffle (or identity) that can start part-way into an epoch; rank-sharded."
+    "Seeded per-epoch shuffle (or identity) that can start part-way into an epoch; rank-sharded, equally when shuffled."
     def __init__(self, n:int, seed:int=0, shuffle:bool=True, rank:int=0, world_size:int=1):
         self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
         self.epoch, self.skip = 0, 0
+        self.used = n - n % world_size if shuffle else n   # every rank the same count in training
     def set_epoch(self, epoch:int, skip:int=0): self.epoch, self.skip = epoch, skip
     def order(self):
         if not self.shuffle: return torch.arange(self.n)
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-    def __iter__(self): return iter(self.order()[self.rank::self.world_size][self.skip:].tolist())
-    def __len__(self): return len(range(self.rank, self.n, self.world_size)) - self.skip
+    def __iter__(self): return iter(self.order()[:self.used][self.rank::self.world_size][self.skip:].tolist())
+    def __len__(self): return len(range(self.rank, self.used, self.world_size)) - self.skip
     def state_dict(self): return dict(epoch=self.epoch, seed=self.seed)
 
 # %% ../nbs/02_data.ipynb #ecd9c94e

@@ -13,7 +13,7 @@ from torch import nn
 from safetensors.torch import save_file, load_file
 from .config import DataConfig, DPOConfig
 from .data import DataError, epoch_loader, cache_dir
-from .loop import Callback, token_losses
+from .loop import Callback, token_losses, fused_ce_supported, fused_token_losses, head_returns_hidden
 from .sft import ensure_chat_template, _messages, read_records, split_examples
 
 # %% auto #0
@@ -169,10 +169,14 @@ def dpo_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0
 LOSS_TYPES = ('sigmoid', 'hinge', 'ipo', 'robust')
 
 def completion_logps(model, batch) -> tuple:
-    "Summed completion log-probs `[2B]` and completion lengths `[2B]` for a DPO batch."
-    logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], use_cache=False).logits
+    "Summed completion log-probs `[2B]` and completion lengths `[2B]` for a DPO batch (fused with the output head where supported)."
+    kw = dict(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'], use_cache=False)
     labels = batch['input_ids'].masked_fill(batch['completion_mask'] == 0, -100)
-    return -token_losses(logits, labels).sum(1), batch['completion_mask'].sum(1)
+    if fused_ce_supported(model):
+        with head_returns_hidden(model) as head: hidden = model(**kw).logits
+        per = fused_token_losses(hidden, head.weight, labels, per_token_grads=True)[1]
+    else: per = token_losses(model(**kw).logits, labels)
+    return -per.sum(1), batch['completion_mask'].sum(1)
 
 def check_dpo_args(beta:float, loss_type:str, label_smoothing:float):
     if loss_type not in LOSS_TYPES: raise ValueError(f"dpo.loss_type={loss_type!r}: use one of {LOSS_TYPES}")

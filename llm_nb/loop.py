@@ -14,7 +14,7 @@ import torch, torch.nn.functional as F
 from torch import nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import extract_model_from_parallel
+from accelerate.utils import broadcast, extract_model_from_parallel
 from transformers import get_scheduler
 from tqdm.auto import tqdm
 from .config import TrainingConfig
@@ -77,10 +77,11 @@ def head_returns_hidden(model):
         for h in hooks: h.remove()
 
 # %% ../nbs/05_loop.ipynb #f5257b92
-def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, max_logits:int=2**25):
+def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, row_grad=None, max_logits:int=2**25):
     """Cross-entropy of the logits `h @ w.T` (`h` [N, D], `w` [V, D], `labels` [N], -100 = ignored), a chunk of rows
-    at a time. Returns `(losses, dh, dw)` with `grads` — per-row losses (fp32, 0 where ignored) and the gradients of
-    their sum w.r.t. `h` and `w` — and `(losses, hits, None)` without, `hits` marking rows whose argmax is the label."""
+    at a time. Returns `(losses, dh, dw)` with `grads` — per-row losses (fp32, 0 where ignored) and the gradients
+    w.r.t. `h` and `w` of their sum, or of `sum(row_grad * losses)` when `row_grad` [N] is given — and
+    `(losses, hits, None)` without, `hits` marking rows whose argmax is the label."""
     dev = h.device.type
     dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     with torch.autocast(dev, enabled=False):
@@ -104,12 +105,14 @@ def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, max_logits
             p = z.sub_(lse[:, None]).exp_()            # softmax, in place of the logits
             if eps: p.sub_(eps / V)
             p.scatter_add_(1, tgt, p.new_full(tgt.shape, eps - 1))
-            p = p.mul_(keep[:, None]).to(dt)           # d loss / d logits
+            scale = keep if row_grad is None else keep * row_grad[s:s + rows].float()
+            p = p.mul_(scale[:, None]).to(dt)          # d loss / d logits
             gh[s:s + rows] = p @ wc
             gw += (p.t() @ x).float()
     return (losses, gh, gw) if grads else (losses, hits, None)
 
 class _HeadCE(torch.autograd.Function):
+    "The summed loss: its gradients are computed in the forward pass, the backward only scales them (3 head matmuls)."
     @staticmethod
     def forward(ctx, h, w, labels, label_smoothing):
         losses, gh, gw = head_ce(h, w, labels, label_smoothing)
@@ -122,14 +125,34 @@ class _HeadCE(torch.autograd.Function):
         gh, gw = ctx.saved_tensors
         return (gh.float() * g).to(ctx.dtypes[0]), (gw * g).to(ctx.dtypes[1]), None, None
 
+class _HeadRowCE(torch.autograd.Function):
+    "Per-row losses that any later computation may weight: the backward recomputes each chunk's logits (4 head matmuls)."
+    @staticmethod
+    def forward(ctx, h, w, labels, label_smoothing):
+        dev = h.device.type
+        ctx.amp = dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+        ctx.save_for_backward(h, w, labels); ctx.label_smoothing = label_smoothing
+        return head_ce(h, w, labels, label_smoothing, grads=False)[0]
+    @staticmethod
+    def backward(ctx, g):
+        h, w, labels = ctx.saved_tensors
+        dev, on, dt = ctx.amp
+        with torch.autocast(dev, dtype=dt, enabled=on):   # the forward's precision
+            _, gh, gw = head_ce(h, w, labels, ctx.label_smoothing, row_grad=g)
+        return gh.to(h.dtype), gw.to(w.dtype), None, None
+
 def next_token_rows(hidden, labels):
     "Each position's head input [B·(T-1), D] beside the label of the token after it [B·(T-1)]."
     return hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
 
-def fused_token_losses(hidden, weight, labels, label_smoothing:float=0.0):
-    "From the head's input `hidden` [B, T, D]: the summed next-token loss (differentiable) and the per-position losses [B, T-1] (detached)."
+def fused_token_losses(hidden, weight, labels, label_smoothing:float=0.0, per_token_grads:bool=False):
+    """From the head's input `hidden` [B, T, D]: the summed next-token loss (differentiable) and the per-position
+    losses [B, T-1] — detached, or differentiable with `per_token_grads` (for losses that weight positions unequally)."""
     h, y = next_token_rows(hidden, labels)
-    total, per = _HeadCE.apply(h, weight, y, label_smoothing)
+    if per_token_grads:
+        per = _HeadRowCE.apply(h, weight, y, label_smoothing)
+        total = per.sum()
+    else: total, per = _HeadCE.apply(h, weight, y, label_smoothing)
     return total, per.view(labels[:, 1:].shape)
 
 # %% ../nbs/05_loop.ipynb #80dbbf34
@@ -184,9 +207,14 @@ def warmup_for(cfg:TrainingConfig, max_steps:int) -> int:
     "Warmup length in steps from `warmup_steps` or `warmup_ratio`."
     return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
 
-def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
-    "The learning-rate schedule `cfg.lr_scheduler_type` over `max_steps` optimizer steps."
-    return get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
+def make_scheduler(opt, cfg:TrainingConfig, max_steps:int, step:int=0):
+    "The learning-rate schedule `cfg.lr_scheduler_type` over `max_steps` optimizer steps, positioned after `step` of them."
+    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
+    if step:   # a schedule re-fitted mid-run (`TimeBudgetCB`): jump to `step` (torch warns of a skipped first value; none is)
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'Detected call of .lr_scheduler.step')
+            sched.last_epoch = step - 1; sched.step()
+    return sched
 
 # %% ../nbs/05_loop.ipynb #84206f03
 def cpu_has_native_bf16() -> bool:
@@ -490,19 +518,57 @@ class EvalCB(Callback):
 
 # %% ../nbs/05_loop.ipynb #690bb603
 class TimeBudgetCB(Callback):
-    "Stop training after `hours` of training time (summed over resumes)."
+    """Stop training after `hours` of training time (summed over resumes). Given the run's `TrainingConfig` as
+    `schedule`, also shorten the run to the steps that fit the budget, re-fitting the learning-rate schedule to them."""
     order = 90
-    def __init__(self, hours:float): self.budget = hours * 3600
+    def __init__(self, hours:float, schedule:TrainingConfig|None=None, every:int=10, margin:float=0.02):
+        self.budget, self.schedule, self.every, self.margin = hours * 3600, schedule, every, margin
+        self.planned = self.fitted = None   # max_steps as configured, and as fitted to the budget
+        self.eval_s = 0.0                   # the last evaluation's duration
     def status(self, learn) -> str:
         "`Elapsed: X.XXh | Remaining: Y.YYh`."
         el = (time.time() - learn.t0) / 3600
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
+    def _eval_reserve(self, learn, per_step) -> float:
+        "Seconds to keep for the final evaluation: the last one's, or (none yet) a forward pass ≈ ⅓ of a training step."
+        if learn.valid_dl is None or learn.cb(EvalCB) is None: return 0.0
+        return self.eval_s or len(learn.valid_dl) * per_step / (3 * learn.grad_accum)
+    def _clocks(self, learn):
+        "Training seconds in all and in this session, and the evaluation reserve: rank 0's on every rank, so all ranks decide alike."
+        now, done = time.time(), learn.state.step - self.step0
+        reserve = self._eval_reserve(learn, (now - self.t_start) / done)
+        t = torch.tensor([now - learn.t0, now - self.t_start, reserve], dtype=torch.float64, device=learn.acc.device)
+        return broadcast(t).tolist() if learn.acc.num_processes > 1 else t.tolist()
+    def _fit_to(self, learn, steps):
+        if steps == learn.max_steps: return
+        if self.fitted is None and learn.acc.is_main_process:
+            print(f"Time budget: the {learn.max_steps} planned steps will not fit in {self.budget/3600:.2f}h; the run and its "
+                  f"learning-rate schedule are shortened to the steps that do ({steps} now, re-estimated every {self.every} steps).")
+        learn.max_steps = self.fitted = steps
+        learn.sched = make_scheduler(getattr(learn.opt, 'optimizer', learn.opt), self.schedule, steps, learn.state.step)
+    def before_fit(self, learn):
+        self.t_start, self.step0 = time.time(), learn.state.step
+        if self.planned is None: self.planned = learn.max_steps
+        if self.schedule is not None and self.fitted is not None: self._fit_to(learn, min(self.fitted, self.planned))  # resumed
+    def before_validate(self, learn): self.t_eval = time.time()
+    def after_validate(self, learn): self.eval_s = time.time() - self.t_eval
     def after_step(self, learn):
-        if time.time() - learn.t0 >= self.budget:
+        step, done = learn.state.step, learn.state.step - self.step0
+        if step >= learn.max_steps:   # the last step: a shortened run ends as a time-limit stop
+            if learn.max_steps < self.planned: learn.stop_reason = 'time-limit'
+            return
+        if learn.acc.num_processes > 1 and done % self.every: return   # ranks agree every `every` steps (one collective)
+        elapsed, session, reserve = self._clocks(learn)
+        if elapsed >= self.budget:
             learn.stop_reason = 'time-limit'
-            print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
+            print(f"Time budget of {self.budget/3600:.2f}h reached at step {step}: stopping.")
             raise CancelFit()
+        if self.schedule is not None and done % self.every == 0:
+            left = self.budget * (1 - self.margin) - elapsed - reserve
+            self._fit_to(learn, min(self.planned, step + max(1, int(left / (session / done)))))   # evaluations so far included
     def after_epoch(self, learn): print(self.status(learn))
+    def state_dict(self): return {} if self.fitted is None else dict(fitted=self.fitted)
+    def load_state_dict(self, sd): self.fitted = sd.get('fitted')
 
 # %% ../nbs/05_loop.ipynb #81995abc
 class ProgressCB(Callback):
@@ -514,6 +580,7 @@ class ProgressCB(Callback):
                         disable=not learn.acc.is_main_process)
         self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_step(self, learn):
+        self.bar.total = learn.max_steps   # a time budget may shorten the run
         self.bar.update(1)
         if learn.state.step % self.refresh == 0:
             dt = max(time.time() - self.t, 1e-9)
