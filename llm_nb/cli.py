@@ -38,7 +38,7 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
            CheckpointCB(out, t.save_steps, t.save_total_limit, config_to_dict(cfg), tok), BestModelCB(out, tok, t.metric_for_best_model)]
     if 'tensorboard' in cfg.logging.report_to: cbs.append(TensorBoardCB(out))
     if 'jsonl' in cfg.logging.report_to: cbs.append(JsonlCB(out))
-    if t.max_training_hours is not None: cbs.append(TimeBudgetCB(t.max_training_hours, t if t.fit_schedule_to_budget else None))
+    if t.max_training_hours is not None: cbs.append(TimeBudgetCB(t.max_training_hours))
     n = cfg.notifications
     cbs += [MFUCB(), GPUUtilCB(), AlertsCB(n.alerts), PlotsCB(out)]  # alerts are always on
     if 'wandb' in cfg.logging.report_to:

@@ -66,7 +66,6 @@ class TrainingConfig:
     num_train_epochs: float = 1
     max_steps: int = -1  # > 0 overrides epochs
     max_training_hours: float|None = None
-    fit_schedule_to_budget: bool = True  # with max_training_hours: shorten the run and its LR schedule to end within the budget
     per_device_train_batch_size: int = 16
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1

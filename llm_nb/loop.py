@@ -207,14 +207,9 @@ def warmup_for(cfg:TrainingConfig, max_steps:int) -> int:
     "Warmup length in steps from `warmup_steps` or `warmup_ratio`."
     return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
 
-def make_scheduler(opt, cfg:TrainingConfig, max_steps:int, step:int=0):
-    "The learning-rate schedule `cfg.lr_scheduler_type` over `max_steps` optimizer steps, positioned after `step` of them."
-    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
-    if step:   # a schedule re-fitted mid-run (`TimeBudgetCB`): jump to `step` (torch warns of a skipped first value; none is)
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', 'Detected call of .lr_scheduler.step')
-            sched.last_epoch = step - 1; sched.step()
-    return sched
+def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
+    "The learning-rate schedule `cfg.lr_scheduler_type` over `max_steps` optimizer steps."
+    return get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
 
 # %% ../nbs/05_loop.ipynb #84206f03
 def cpu_has_native_bf16() -> bool:
@@ -518,57 +513,25 @@ class EvalCB(Callback):
 
 # %% ../nbs/05_loop.ipynb #690bb603
 class TimeBudgetCB(Callback):
-    """Stop training after `hours` of training time (summed over resumes). Given the run's `TrainingConfig` as
-    `schedule`, also shorten the run to the steps that fit the budget, re-fitting the learning-rate schedule to them."""
+    "Stop training after `hours` of training time (summed over resumes)."
     order = 90
-    def __init__(self, hours:float, schedule:TrainingConfig|None=None, every:int=10, margin:float=0.02):
-        self.budget, self.schedule, self.every, self.margin = hours * 3600, schedule, every, margin
-        self.planned = self.fitted = None   # max_steps as configured, and as fitted to the budget
-        self.eval_s = 0.0                   # the last evaluation's duration
+    def __init__(self, hours:float, every:int=10): self.budget, self.every = hours * 3600, every
     def status(self, learn) -> str:
         "`Elapsed: X.XXh | Remaining: Y.YYh`."
         el = (time.time() - learn.t0) / 3600
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
-    def _eval_reserve(self, learn, per_step) -> float:
-        "Seconds to keep for the final evaluation: the last one's, or (none yet) a forward pass ≈ ⅓ of a training step."
-        if learn.valid_dl is None or learn.cb(EvalCB) is None: return 0.0
-        return self.eval_s or len(learn.valid_dl) * per_step / (3 * learn.grad_accum)
-    def _clocks(self, learn):
-        "Training seconds in all and in this session, and the evaluation reserve: rank 0's on every rank, so all ranks decide alike."
-        now, done = time.time(), learn.state.step - self.step0
-        reserve = self._eval_reserve(learn, (now - self.t_start) / done)
-        t = torch.tensor([now - learn.t0, now - self.t_start, reserve], dtype=torch.float64, device=learn.acc.device)
-        return broadcast(t).tolist() if learn.acc.num_processes > 1 else t.tolist()
-    def _fit_to(self, learn, steps):
-        if steps == learn.max_steps: return
-        if self.fitted is None and learn.acc.is_main_process:
-            print(f"Time budget: the {learn.max_steps} planned steps will not fit in {self.budget/3600:.2f}h; the run and its "
-                  f"learning-rate schedule are shortened to the steps that do ({steps} now, re-estimated every {self.every} steps).")
-        learn.max_steps = self.fitted = steps
-        learn.sched = make_scheduler(getattr(learn.opt, 'optimizer', learn.opt), self.schedule, steps, learn.state.step)
-    def before_fit(self, learn):
-        self.t_start, self.step0 = time.time(), learn.state.step
-        if self.planned is None: self.planned = learn.max_steps
-        if self.schedule is not None and self.fitted is not None: self._fit_to(learn, min(self.fitted, self.planned))  # resumed
-    def before_validate(self, learn): self.t_eval = time.time()
-    def after_validate(self, learn): self.eval_s = time.time() - self.t_eval
+    def before_fit(self, learn): self.step0 = learn.state.step
+    def elapsed(self, learn) -> float:
+        "Training seconds so far: rank 0's on every rank, so that all ranks stop at the same step."
+        t = torch.tensor([time.time() - learn.t0], dtype=torch.float64, device=learn.acc.device)
+        return (broadcast(t) if learn.acc.num_processes > 1 else t).item()
     def after_step(self, learn):
-        step, done = learn.state.step, learn.state.step - self.step0
-        if step >= learn.max_steps:   # the last step: a shortened run ends as a time-limit stop
-            if learn.max_steps < self.planned: learn.stop_reason = 'time-limit'
-            return
-        if learn.acc.num_processes > 1 and done % self.every: return   # ranks agree every `every` steps (one collective)
-        elapsed, session, reserve = self._clocks(learn)
-        if elapsed >= self.budget:
+        if learn.acc.num_processes > 1 and (learn.state.step - self.step0) % self.every: return   # one collective per `every` steps
+        if self.elapsed(learn) >= self.budget:
             learn.stop_reason = 'time-limit'
-            print(f"Time budget of {self.budget/3600:.2f}h reached at step {step}: stopping.")
+            print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
-        if self.schedule is not None and done % self.every == 0:
-            left = self.budget * (1 - self.margin) - elapsed - reserve
-            self._fit_to(learn, min(self.planned, step + max(1, int(left / (session / done)))))   # evaluations so far included
     def after_epoch(self, learn): print(self.status(learn))
-    def state_dict(self): return {} if self.fitted is None else dict(fitted=self.fitted)
-    def load_state_dict(self, sd): self.fitted = sd.get('fitted')
 
 # %% ../nbs/05_loop.ipynb #81995abc
 class ProgressCB(Callback):
@@ -580,7 +543,6 @@ class ProgressCB(Callback):
                         disable=not learn.acc.is_main_process)
         self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_step(self, learn):
-        self.bar.total = learn.max_steps   # a time budget may shorten the run
         self.bar.update(1)
         if learn.state.step % self.refresh == 0:
             dt = max(time.time() - self.t, 1e-9)

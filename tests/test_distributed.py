@@ -54,7 +54,7 @@ def test_resume_under_ddp_continues_the_curve(runs):
     for s in range(7, STEPS + 1): assert abs(full[s] - resumed[s]) < 1e-5, (s, full[s], resumed[s])
 
 def test_time_budget_under_ddp_stops_every_rank_at_the_same_step(runs):
-    "The ranks share rank 0's clock: all stop (and re-fit the schedule) at the same step, so none waits forever for the others."
+    "The ranks share rank 0's clock and every rank sees the same number of batches per epoch, so none waits forever for the others."
     tmp, data, _ = runs
     out = tmp/'budget'
     r = launch(2, 'train', *overrides(out, data, 4, **{'training.max_steps': 100000, 'training.max_training_hours': 0.002,
@@ -62,5 +62,4 @@ def test_time_budget_under_ddp_stops_every_rank_at_the_same_step(runs):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     last = history(out)[-1]
     assert 10 < last['step'] < 100000 and (out/'checkpoints'/'time-limit').exists() and (out/'final'/'model.safetensors').exists()
-    lrs = curve(out, 'learning_rate')
-    assert lrs[max(lrs)] < 0.5 * max(lrs.values()), 'the schedule was re-fitted to the budget (planned: 100000 steps)'
+    assert any(p.name.startswith('epoch-') for p in (out/'checkpoints').iterdir()), 'the run crossed epoch boundaries'

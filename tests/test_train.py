@@ -75,19 +75,13 @@ def test_default_train_command(tmp_path):
     assert 'GPT2LMHeadModel: 13.' in r.stdout and 'GFLOPs/token' in r.stdout
     assert (tmp_path/'final'/'model.safetensors').exists()
 
-@pytest.mark.parametrize('fit', [False, True])
-def test_time_budget_stops_checkpoints_and_exports(tmp_path, capsys, fit):
-    "A 1.8 s budget: stopped by the clock, or (the default) shortened with its schedule to end annealed within it."
+def test_time_budget_stops_checkpoints_and_exports(tmp_path, capsys):
     data = tiny_corpus(tmp_path/'docs', n=4)
     learn = train(load_config(None, tiny_overrides(tmp_path/'out', data, steps=100000, **{'training.max_training_hours': 0.0005,
-                                                   'training.eval_steps': 100000, 'training.fit_schedule_to_budget': fit})))
+                                                                                          'training.eval_steps': 100000})))
     assert learn.stop_reason == 'time-limit' and 0 < learn.state.step < 100000
-    if fit:
-        assert learn.state.step == learn.max_steps and learn.state.elapsed < 1.8
-        assert learn.lr < 0.1 * 3e-3, 'the cosine schedule ended (annealed) with the shortened run'
-    else:
-        assert 1.8 <= learn.state.elapsed < 30
-        assert 'Time budget of 0.00h reached' in capsys.readouterr().out
+    assert 1.8 <= learn.state.elapsed < 30
+    assert 'Time budget of 0.00h reached' in capsys.readouterr().out
     state = json.loads((tmp_path/'out'/'checkpoints'/'time-limit'/'trainer_state.json').read_text())['state']
     assert state['step'] == learn.state.step
     assert (tmp_path/'out'/'final'/'model.safetensors').exists()
