@@ -523,8 +523,9 @@ class TimeBudgetCB(Callback):
     def before_fit(self, learn): self.step0 = learn.state.step
     def elapsed(self, learn) -> float:
         "Training seconds so far: rank 0's on every rank, so that all ranks stop at the same step."
-        t = torch.tensor([time.time() - learn.t0], dtype=torch.float64, device=learn.acc.device)
-        return (broadcast(t) if learn.acc.num_processes > 1 else t).item()
+        el = time.time() - learn.t0
+        if learn.acc.num_processes == 1: return el   # no tensor, no device sync, in the one-process hot path
+        return broadcast(torch.tensor([el], dtype=torch.float64, device=learn.acc.device)).item()
     def after_step(self, learn):
         if learn.acc.num_processes > 1 and (learn.state.step - self.step0) % self.every: return   # one collective per `every` steps
         if self.elapsed(learn) >= self.budget:
