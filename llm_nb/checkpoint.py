@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/checkpointing.html.md"""
 
 # %% ../nbs/09_checkpointing.ipynb #42823d27
 from __future__ import annotations
-import hashlib, json, os, random, shutil, signal, sys, time, warnings
+import errno, fcntl, hashlib, json, os, random, shutil, signal, socket, sys, time, warnings
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
@@ -15,13 +15,32 @@ from .lora import is_peft, save_adapter_state, load_adapter_state
 from .loop import Callback, CancelFit, TrainState
 
 # %% auto #0
-__all__ = ['CheckpointError', 'atomic_folder', 'verify_folder', 'save_hf', 'rng_state', 'set_rng_state', 'save_weights',
-           'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint', 'CheckpointCB',
-           'greater_is_better', 'BestModelCB']
+__all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
+           'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'rng_state',
+           'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
+           'OutputDirError', 'OutputDirLock', 'run_results', 'claim_output_dir', 'resume_changes', 'check_resume',
+           'resumed_max_steps', 'CheckpointCB', 'greater_is_better', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
     "A checkpoint that is missing, incomplete or corrupt; the message names the file."
+
+class DiskFullError(CheckpointError):
+    "A write that ran out of space; the message names the folder, the space it needs and the space free."
+
+def is_disk_full(e:BaseException) -> bool:
+    "An out-of-space error, from Python (`ENOSPC`, `EDQUOT`) or from safetensors' Rust writer (a `SafetensorError`)."
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+    return isinstance(e, Exception) and ('No space left on device' in str(e) or 'StorageFull' in str(e))
+
+def disk_full_message(path, need:int=0) -> str:
+    "What a full disk stopped: the folder, about how much it needs, how much is free."
+    where = next(p for p in [Path(path), *Path(path).absolute().parents] if p.exists())
+    return (f"no space left on the device writing {path}: " + (f"it needs about {need / 2**20:,.1f} MB, " if need else '') +
+            f"{shutil.disk_usage(where).free / 2**20:,.1f} MB are free")
+
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
 
 def _sha256(path):
     h = hashlib.sha256()
@@ -34,8 +53,9 @@ def _fsync(path):
     try: os.fsync(fd)
     finally: os.close(fd)
 
-def atomic_folder(path, write):
-    "Call `write(tmp_folder)`, add a manifest, fsync, then rename to `path` (replacing it). Nothing half-written survives."
+def atomic_folder(path, write, need:int=0):
+    """Call `write(tmp_folder)`, add a manifest, fsync, then rename to `path` (replacing it). Nothing half-written
+    survives; a full disk raises `DiskFullError` naming `path` and the `need`ed bytes. Files get the user's umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent/f'.{path.name}.tmp-{os.getpid()}'
@@ -46,15 +66,17 @@ def atomic_folder(path, write):
         files = sorted(p for p in tmp.rglob('*') if p.is_file())
         manifest = {str(p.relative_to(tmp)): dict(size=p.stat().st_size, sha256=_sha256(p)) for p in files}
         (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1))
-        for p in [*files, tmp/'manifest.json']: _fsync(p)
+        mode = 0o666 & ~_umask()  # safetensors writes its files 0600: a server running as another user could not read them
+        for p in [*files, tmp/'manifest.json']: os.chmod(p, mode); _fsync(p)
         _fsync(tmp)
         old = path.parent/f'.{path.name}.old-{os.getpid()}'
         if path.exists(): os.rename(path, old)
         os.rename(tmp, path)
         _fsync(path.parent)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e): raise DiskFullError(disk_full_message(path, need)) from None
         raise
     return path
 
@@ -73,13 +95,17 @@ def verify_folder(path):
     return path
 
 # %% ../nbs/09_checkpointing.ipynb #17ff1d0a
+def tensor_bytes(tensors) -> int:
+    "Bytes of the tensors among `tensors` (a rough size of what saving them writes)."
+    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
 def save_hf(model, tok, path):
     "Save `model` (unwrapped) and `tok` as a standard HF folder, atomically."
     def write(tmp):
         model.save_pretrained(tmp, safe_serialization=True)
         if tok is not None: tok.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-    return atomic_folder(path, write)
+    return atomic_folder(path, write, need=tensor_bytes(p for p in model.parameters() if p.requires_grad or not is_peft(model)))
 
 # %% ../nbs/09_checkpointing.ipynb #9d909aa3
 def rng_state() -> dict:
@@ -109,15 +135,21 @@ def save_weights(model, folder):
 def load_weights(model, folder):
     "Load what `save_weights` wrote into `model`; a missing, unexpected or misshapen tensor is an error naming the file."
     folder = Path(folder)
-    if (folder/'adapter.safetensors').exists():
-        if not is_peft(model): raise CheckpointError(f"{folder/'adapter.safetensors'}: an adapter checkpoint, but the model has no adapter")
-        try: load_adapter_state(model, folder/'adapter.safetensors')
+    f = folder/'adapter.safetensors'
+    if f.exists():
+        if not is_peft(model): raise CheckpointError(f"{f}: an adapter checkpoint, but the model has no adapter")
+        try: load_adapter_state(model, f)
         except KeyError as e: raise CheckpointError(e.args[0]) from None
-    else: load_model(model, str(folder/'model.safetensors'), strict=True)
+        return
+    f = folder/'model.safetensors'
+    try: load_model(model, str(f), strict=True)
+    except Exception as e:  # a misshapen tensor (RuntimeError) or an unreadable file (SafetensorError), named
+        raise CheckpointError(f"{f}: cannot load into this model ({type(e).__name__}: {str(e)[:300]})") from None
 
 # %% ../nbs/09_checkpointing.ipynb #aaf69e06
 def save_checkpoint(learn, path, config:dict|None=None, tok=None):
     "Write everything needed to resume `learn` (and its tokenizer) into the folder `path`, atomically."
+    opt_bytes = tensor_bytes(t for s in learn.opt.state.values() for t in s.values())
     def write(tmp):
         save_weights(learn.raw_model, tmp)
         for c in learn.cbs:
@@ -130,26 +162,47 @@ def save_checkpoint(learn, path, config:dict|None=None, tok=None):
         if tok is not None: tok.save_pretrained(tmp/'tokenizer')
         meta = dict(state=asdict(learn.state), history=learn.history + ([learn.record] if learn.record else []),
                     max_steps=learn.max_steps, callbacks={type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()},
-                    config=config, versions=_versions())
+                    config=config, num_processes=learn.acc.num_processes, versions=_versions())
         (tmp/'trainer_state.json').write_text(json.dumps(meta, indent=1))
-    return atomic_folder(path, write)
+    return atomic_folder(path, write, need=tensor_bytes(learn.raw_model.parameters()) + opt_bytes)
 
 def _safe_load(path):
     try: return torch.load(path, weights_only=True)
     except Exception as e:  # weights_only refuses pickled code; anything else is corruption
         raise CheckpointError(f"{path}: refusing to load: not plain tensors and numbers ({type(e).__name__}: {str(e)[:200]})") from None
 
-def load_checkpoint(learn, path):
-    "Restore `learn` from checkpoint folder `path` after verifying it."
-    path = verify_folder(path)
+def _restore_optimizer(learn, opt_state, sched_state, path):
+    "The saved moments and schedule position, under this run's hyper-parameters (learning rates, betas, weight decay)."
+    hyper = [{k: v for k, v in g.items() if k != 'params'} for g in learn.opt.param_groups]
+    try: learn.opt.load_state_dict(opt_state)
+    except (ValueError, KeyError, RuntimeError) as e: raise CheckpointError(f"{path/'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
+    for g, h in zip(learn.opt.param_groups, hyper): g.update(h)
+    if learn.sched is None or sched_state is None: return
+    base = learn.sched.base_lrs
+    learn.sched.load_state_dict(sched_state)
+    learn.sched.base_lrs = base   # this run's peak rates, at the saved position in this run's schedule
+    lrs = [b * f(learn.sched.last_epoch) for b, f in zip(base, learn.sched.lr_lambdas)]
+    for g, lr in zip(learn.opt.param_groups, lrs): g['lr'] = lr
+    learn.sched._last_lr = lrs
+
+def _resume_position(learn, meta):
+    "Continue at the first sample not yet trained on, whatever batch size and process count consumed the others."
+    st, t = learn.state, (meta.get('config') or {}).get('training', {})
+    if 'samples_in_epoch' not in meta['state']: st.samples_in_epoch = st.batch_in_epoch * t.get('per_device_train_batch_size', learn.train_dl.batch_size)
+    st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', 1) // learn.acc.num_processes
+    st.batch_in_epoch = st.samples_in_epoch // learn.train_dl.batch_size
+
+def load_checkpoint(learn, path, verify:bool=True):
+    "Restore `learn` from checkpoint folder `path` (verified first unless the caller just did)."
+    path = verify_folder(path) if verify else Path(path)
     meta = json.loads((path/'trainer_state.json').read_text())
     opt_state, extra = _safe_load(path/'optimizer.pt'), _safe_load(path/'state.pt')
     load_weights(learn.raw_model, path)
-    learn.opt.load_state_dict(opt_state)
-    if learn.sched is not None and 'scheduler' in extra: learn.sched.load_state_dict(extra['scheduler'])
+    _restore_optimizer(learn, opt_state, extra.get('scheduler'), path)
     if learn.acc.scaler is not None and 'scaler' in extra: learn.acc.scaler.load_state_dict(extra['scaler'])
     set_rng_state(extra['rng'])
     learn.state, learn.history = TrainState(**meta['state']), meta['history']
+    _resume_position(learn, meta)
     for c in learn.cbs:
         if type(c).__name__ in meta['callbacks']: c.load_state_dict(meta['callbacks'][type(c).__name__])
         if hasattr(c, 'load_tensors'): c.load_tensors(path)
@@ -168,6 +221,108 @@ def latest_checkpoint(folder):
         try: return verify_folder(p)
         except CheckpointError as e: warnings.warn(f"skipping invalid checkpoint: {e}")
     return None
+
+# %% ../nbs/09_checkpointing.ipynb #dde8646d
+class OutputDirError(CheckpointError):
+    "An output folder that holds another run's results, or that another run is using; the message says what to do."
+
+class OutputDirLock:
+    "Exclusive use of a run's output folder while the run lives: `flock` on `<out>/.llm_nb.lock`, released at any exit."
+    def __init__(self, out): self.out, self.file = Path(out), None
+    def acquire(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        f = open(self.out/'.llm_nb.lock', 'a+')
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0); holder = f.read().strip() or 'an unknown process'; f.close()
+            raise OutputDirError(f"{self.out} is in use by another run ({holder}); two runs in one folder would mix their files "
+                                 "and delete each other's checkpoints: wait for it to end, or choose another output_dir") from None
+        f.seek(0); f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"); f.flush()
+        self.file = f
+        return self
+    def release(self):
+        if self.file is not None: fcntl.flock(self.file, fcntl.LOCK_UN); self.file.close(); self.file = None
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/09_checkpointing.ipynb #01295152
+RUN_RESULTS = ('final', 'best', 'checkpoints', 'training_config.json', 'loss_history.json')   # what makes a folder a run's
+RUN_OUTPUTS = (*RUN_RESULTS, 'plots', 'tensorboard', 'wandb', 'metrics.jsonl', 'samples.jsonl', 'config_used.yaml',
+               'config_used.yml', 'config_used.json')                                            # everything a run writes
+
+def run_results(out) -> list:
+    "Names in `out` that hold a run's results (an empty `checkpoints/` does not count)."
+    return [n for n in RUN_RESULTS if (p := Path(out)/n).exists() and not (p.is_dir() and not any(p.iterdir()))]
+
+def claim_output_dir(out, resume_from=None, overwrite:bool=False):
+    "What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start afresh."
+    out, found = Path(out), run_results(out)
+    if overwrite:
+        gone = [n for n in RUN_OUTPUTS if (out/n).exists()]
+        for n in gone: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
+        if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
+        return None
+    if resume_from is None:
+        if found: raise OutputDirError(f"{out} holds another run's results ({', '.join(found)}); refusing to overwrite them. Continue that "
+                                       "run with training.resume_from=latest, choose a new output_dir, or set training.overwrite_output_dir=true "
+                                       "to delete them and start over")
+        return None
+    if resume_from == 'latest':
+        ck = latest_checkpoint(out/'checkpoints')
+        if ck is None and found: raise OutputDirError(f"training.resume_from=latest: {out} holds a run's results ({', '.join(found)}) but no "
+                                                      "valid checkpoint to continue; choose a new output_dir, or set training.overwrite_output_dir=true")
+        if ck is None: print(f"training.resume_from=latest: no checkpoint in {out/'checkpoints'} yet; starting from scratch")
+        return ck
+    ck = Path(resume_from)
+    if not ck.exists(): raise CheckpointError(f"training.resume_from={resume_from!r}: no such checkpoint folder")
+    if found and out.resolve() not in ck.resolve().parents:
+        raise OutputDirError(f"training.resume_from={resume_from}: continuing it in {out} would overwrite the results of the run there "
+                             f"({', '.join(found)}); resume into a new output_dir")
+    return verify_folder(ck)
+
+# %% ../nbs/09_checkpointing.ipynb #93978df1
+FIXED_ON_RESUME = ('training_type', 'seed', 'model', 'tokenizer', 'data', 'lora', 'sampling', 'dpo',
+                   'training.use_llrd', 'training.use_cpu_offload', 'training.use_ema')  # sections/keys a resume cannot change
+FREE_ON_RESUME = ('model.dropout', 'model.attention_dropout', 'model.gradient_checkpointing', 'data.test_file',
+                  'lora.lora_dropout', 'dpo.beta', 'dpo.loss_type', 'dpo.label_smoothing')  # ... except these
+
+def _flat(d:dict, pre='') -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{pre}{k}.').items() if isinstance(v, dict) else [(pre + k, v)])}
+
+def resume_changes(saved:dict, new:dict) -> tuple:
+    "The settings of `new` that differ from a checkpoint's `saved` config: `(refused, accepted)`, each line 'key: old → new'."
+    a, b = _flat(saved), _flat(new)
+    refused, accepted = [], []
+    for k in sorted(a.keys() & b.keys()):  # a key only one version of llm_nb knows cannot be compared
+        if k == 'training.resume_from' or a[k] == b[k]: continue
+        fixed = any(k == p or k.startswith(p + '.') for p in FIXED_ON_RESUME) and k not in FREE_ON_RESUME
+        (refused if fixed else accepted).append(f"{k}: {a[k]!r} → {b[k]!r}")
+    return refused, accepted
+
+# %% ../nbs/09_checkpointing.ipynb #f293a813
+def check_resume(ck, config:dict) -> dict:
+    "Refuse to continue checkpoint `ck` under a `config` it cannot continue, listing why; say what changes. Returns its metadata."
+    f = Path(ck)/'trainer_state.json'
+    try: meta = json.loads(f.read_text())
+    except (OSError, ValueError) as e: raise CheckpointError(f"{f}: unreadable ({e})") from None
+    if not meta.get('config'): return meta   # saved from Python without a config: nothing to compare
+    refused, accepted = resume_changes(meta['config'], config)
+    if refused: raise CheckpointError(f"cannot resume {ck}: these settings differ from the ones it was trained with, and a run cannot "
+                                      "change them midway:\n  " + '\n  '.join(refused) + f"\nResume with the checkpoint's settings "
+                                      f"(the 'config' in {f}), or start a new run in a new output_dir")
+    if accepted: print(f"Resuming {ck} with changed settings, applied from step {meta['state']['step'] + 1}:\n  " + '\n  '.join(accepted))
+    return meta
+
+def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
+    """The run's length in optimizer steps when it resumes checkpoint `meta` with training config `t` (`fresh`: the length
+    from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
+    t0 = (meta.get('config') or {}).get('training')
+    if t.max_steps > 0 or not t0: return fresh
+    old = t0['per_device_train_batch_size'] * t0['gradient_accumulation_steps'] * meta.get('num_processes', 1)
+    new = t.per_device_train_batch_size * t.gradient_accumulation_steps * num_processes
+    step = meta['state']['step']
+    return fresh if old == new else step + max(0, fresh - round(step * old / new))
 
 # %% ../nbs/09_checkpointing.ipynb #04c03b3b
 class CheckpointCB(Callback):

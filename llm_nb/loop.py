@@ -36,6 +36,7 @@ class CancelFit(Exception):   "End training now (`after_fit` still runs)."
 class Callback:
     "Base class: override any event method `def after_step(self, learn): ...`; lower `order` runs first."
     order = 0
+    side_task = False  # True: an error in this callback is a warning, and training goes on
     def state_dict(self): return {}
     def load_state_dict(self, sd): pass
 
@@ -252,6 +253,7 @@ class TrainState:
     step: int = 0             # optimizer steps done
     epoch: int = 0            # full passes done
     batch_in_epoch: int = 0   # micro-batches consumed in the current epoch
+    samples_in_epoch: int = 0 # samples this process consumed in the current epoch (where a resume continues)
     tokens_seen: int = 0      # input tokens (non-pad) trained on
     elapsed: float = 0.0      # training seconds, summed over resumed sessions
     best_metric: float|None = None
@@ -275,7 +277,7 @@ class Learner:
         self.model, self.opt = self.acc.prepare(model, opt)
         self.sched, self.cbs = sched, sorted(cbs, key=lambda c: c.order)
         self.state, self.history, self.record, self.stop_reason = TrainState(), [], {}, None
-        self.loss = None
+        self.loss, self.error = None, None
 
     @property
     def raw_model(self): return self.acc.unwrap_model(self.model)
@@ -289,7 +291,12 @@ class Learner:
 
     def event(self, name):
         for cb in self.cbs:
-            if hasattr(cb, name): getattr(cb, name)(self)
+            if not hasattr(cb, name): continue
+            if not cb.side_task: getattr(cb, name)(self); continue
+            try: getattr(cb, name)(self)
+            except (CancelStep, CancelBatch, CancelEpoch, CancelFit): raise
+            except Exception as e:  # a side task (samples, plots, notifications) never stops training
+                warnings.warn(f"{type(cb).__name__}.{name} failed at step {self.state.step} ({type(e).__name__}: {e}); training goes on")
 
     def log(self, **metrics):
         "Add metrics to the record of the current step (written out at the end of the step)."
@@ -298,7 +305,8 @@ class Learner:
 
     def _flush_log(self):
         if not self.record: return
-        self.history.append(self.record)
+        if self.history and self.history[-1]['step'] == self.record['step']: self.history[-1].update(self.record)  # one record per step
+        else: self.history.append(self.record)
         self.event('after_log')
         self.record = {}
 
@@ -347,6 +355,7 @@ def _one_step(self:Learner, micro_batches):
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.batch_in_epoch += len(self.batch)
+        self.state.samples_in_epoch += len(self.batch) * self.train_dl.batch_size
         self.state.tokens_seen += sum(int(b['attention_mask'].sum()) if 'attention_mask' in b else b['input_ids'].numel() for b in self.batch)
         self.event('after_step')
     except CancelBatch: pass
@@ -360,6 +369,8 @@ class _nullctx:
 Learner.one_step, Learner.training_step, Learner.step_metric = _one_step, _training_step, _step_metric
 
 # %% ../nbs/05_loop.ipynb #7767a33f
+def _next_epoch(self:Learner): self.state.epoch, self.state.batch_in_epoch, self.state.samples_in_epoch = self.state.epoch + 1, 0, 0
+
 def _fit(self:Learner):
     self.model.train()
     self.t0 = time.time() - self.state.elapsed
@@ -367,26 +378,32 @@ def _fit(self:Learner):
         self.event('before_fit')
         while self.state.step < self.max_steps:
             sampler = getattr(self.train_dl, 'sampler', None)
-            if hasattr(sampler, 'set_epoch'):
-                sampler.set_epoch(self.state.epoch, skip=self.state.batch_in_epoch * self.train_dl.batch_size)
+            if hasattr(sampler, 'set_epoch'): sampler.set_epoch(self.state.epoch, skip=self.state.samples_in_epoch)
             try:
                 self.event('before_epoch')
                 for mbs in _chunks(self.train_dl, self.grad_accum):
                     self.one_step(mbs)
                     self.state.elapsed = time.time() - self.t0
                     if self.state.step >= self.max_steps: break
-                else: self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-            except CancelEpoch: self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+                else: self._next_epoch()
+            except CancelEpoch: self._next_epoch()
             self.event('after_epoch')
             self._flush_log()
     except CancelFit: pass
+    except BaseException as e:
+        self.error, self.stop_reason = e, self.stop_reason or 'error'
+        raise
     finally:
         self.state.elapsed = time.time() - self.t0
-        self.event('after_fit')
-        self._flush_log()
+        self._after_fit()
     return self
 
-Learner.fit = _fit
+def _after_fit(self:Learner):
+    if self.error is None: self.event('after_fit'); self._flush_log(); return
+    try: self.event('after_fit'); self._flush_log()
+    except Exception as e: warnings.warn(f"while stopping after {type(self.error).__name__}: {type(e).__name__}: {e}")  # never hides the first error
+
+Learner.fit, Learner._next_epoch, Learner._after_fit = _fit, _next_epoch, _after_fit
 
 # %% ../nbs/05_loop.ipynb #28b5cc8b
 @torch.no_grad()
@@ -503,13 +520,15 @@ class EvalCB(Callback):
     "Run `learn.validate()` every `every` steps and at the end of training; log the results."
     order = 40
     def __init__(self, every:int=500): self.every, self.last = every, -1
+    def state_dict(self): return dict(last=self.last)
+    def load_state_dict(self, sd): self.last = sd['last']
     def _eval(self, learn):
         learn.log(**learn.validate())
         self.last = learn.state.step
     def after_step(self, learn):
         if learn.valid_dl is not None and learn.state.step % self.every == 0: self._eval(learn)
     def after_fit(self, learn):
-        if learn.valid_dl is not None and self.last != learn.state.step and learn.state.step > 0: self._eval(learn)
+        if learn.valid_dl is not None and self.last != learn.state.step and learn.state.step > 0 and learn.error is None: self._eval(learn)
 
 # %% ../nbs/05_loop.ipynb #690bb603
 class TimeBudgetCB(Callback):
