@@ -16,10 +16,10 @@ from .loop import Callback, CancelFit, TrainState
 
 # %% auto #0
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
-           'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'rng_state',
-           'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint', 'latest_checkpoint',
-           'OutputDirError', 'OutputDirLock', 'run_results', 'claim_output_dir', 'resume_changes', 'check_resume',
-           'resumed_max_steps', 'CheckpointCB', 'greater_is_better', 'BestModelCB']
+           'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'check_target',
+           'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint',
+           'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'claim_output_dir', 'resume_changes',
+           'check_resume', 'resumed_max_steps', 'CheckpointCB', 'greater_is_better', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
@@ -106,6 +106,20 @@ def save_hf(model, tok, path):
         if tok is not None: tok.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
     return atomic_folder(path, write, need=tensor_bytes(p for p in model.parameters() if p.requires_grad or not is_peft(model)))
+
+# %% ../nbs/09_checkpointing.ipynb #4c2cac11
+def check_target(path, overwrite:bool=False, inputs=(), flag:str='--overwrite') -> Path:
+    "Refuse to write a model folder at `path` over one of its `inputs` (or inside, or around one), or over a non-empty folder without `overwrite`."
+    path = Path(path).absolute().resolve()
+    for i in inputs:
+        if i is None or not Path(i).exists(): continue   # a hub id
+        i = Path(i).resolve()
+        if path == i or i in path.parents or path in i.parents:
+            how = 'is' if path == i else 'is inside' if i in path.parents else 'holds'
+            raise FileExistsError(f"{path} {how} the input {i}: writing there would destroy or mix with it; choose a new folder")
+    if path.exists() and (path.is_file() or any(path.iterdir())) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty; choose a new folder, or pass {flag} to replace it")
+    return path
 
 # %% ../nbs/09_checkpointing.ipynb #9d909aa3
 def rng_state() -> dict:

@@ -9,26 +9,30 @@ from __future__ import annotations
 import argparse, json, math, shutil, sys, time
 from pathlib import Path
 import torch, transformers
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, compile_model, describe
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
-from .checkpoint import CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError
+from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
+                               is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, check_resume, resumed_max_steps,
+                               check_target)
 from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
 from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
-from .lora import lora_model, describe_trainable, is_peft, is_quantised, merge_lora
+from .lora import lora_model, describe_trainable, is_peft, is_quantised, merge_lora, lora_base
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
 from .dpo import (preference_splits, preference_texts, encode_pairs, dpo_dataloader, DPOTask, DPOMetricsCB, frozen_copy,
                         precompute_ref_logps, disable_dropout)
 
 # %% auto #0
-__all__ = ['config_callbacks', 'training_data', 'dpo_setup', 'build_learner', 'train', 'find_lr', 'load_model_folder', 'evaluate',
-           'generate', 'main']
+__all__ = ['config_callbacks', 'claim_run', 'training_data', 'dpo_setup', 'build_learner', 'train', 'find_lr',
+           'load_model_folder', 'evaluate', 'merge', 'generate', 'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
@@ -46,15 +50,23 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
     if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
     return cbs + technique_callbacks(t, tok, out)
 
-def _resume_path(cfg:Config, out:Path):
-    r = cfg.training.resume_from
-    if r is None: return None
-    if r == 'latest':
-        p = latest_checkpoint(out/'checkpoints')
-        if p is None: print(f"training.resume_from=latest: no valid checkpoint in {out/'checkpoints'}; starting from scratch")
-        return p
-    if not Path(r).exists(): raise CheckpointError(f"training.resume_from={r!r}: no such checkpoint folder")
-    return Path(r)
+def claim_run(cfg:Config) -> tuple:
+    """Lock `cfg.output_dir` for this run and decide, on the main process, whether it resumes; every process gets the
+    answer (or the error) before any work. Returns `(lock or None, checkpoint or None, its metadata or None)`."""
+    state, out, t = PartialState(), Path(cfg.output_dir), cfg.training
+    lock, ans, err = None, (None, None), None
+    if state.is_main_process:
+        try:
+            lock = OutputDirLock(out).acquire()
+            ck = claim_output_dir(out, t.resume_from, t.overwrite_output_dir)
+            ans = (None, str(ck) if ck else None)
+        except CheckpointError as e:
+            if lock: lock.release()
+            ans, err = (str(e), None), e
+    if state.num_processes > 1: ans = broadcast_object_list([ans])[0]
+    if ans[0]: raise err or CheckpointError(ans[0])
+    ck = Path(ans[1]) if ans[1] else None
+    return lock, ck, check_resume(ck, config_to_dict(cfg)) if ck else None
 
 # %% ../nbs/11_cli.ipynb #e40b5083
 def _is_sft(cfg:Config) -> bool: return cfg.training_type == 'sft' or (cfg.training_type == 'lora' and wants_sft(cfg.data))
@@ -120,13 +132,12 @@ def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
                             max_steps=max_steps, cbs=[DPOMetricsCB(t.logging_steps)], seq_len=max_len, unit='pairs',
                             n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
 
-def build_learner(cfg:Config) -> Learner:
-    "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed if asked."
+def build_learner(cfg:Config, ck=None, meta=None) -> Learner:
+    "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed from checkpoint `ck` (metadata `meta`) if given."
     out = Path(cfg.output_dir)
     acc = make_accelerator(cfg.training.mixed_precision)
     say = acc.print
     transformers.set_seed(cfg.seed)
-    ck = _resume_path(cfg, out)
     t = cfg.training
     if cfg.training_type == 'dpo': tok, model, d = dpo_setup(cfg, acc, ck)
     else:
@@ -141,13 +152,14 @@ def build_learner(cfg:Config) -> Learner:
         d = training_data(cfg, splits, tok, block, acc)
     if t.compile: compile_model(model)  # in place, block by block: parameter names, checkpoints and exports stay plain
     opt = build_optimizer(model, t)
+    if ck is not None: d['max_steps'] = resumed_max_steps(meta, t, d['max_steps'], acc.num_processes)
     learn = Learner(model, d['train_dl'], d['valid_dl'], technique_task(t, d['task']), opt, make_scheduler(opt, t, d['max_steps']),
                     config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,
                     accelerator=acc)
     learn.tok, learn.output_dir = tok, out
     if ck is not None:
-        load_checkpoint(learn, ck)
-        say(f"Resumed from {ck} at step {learn.state.step}")
+        load_checkpoint(learn, ck, verify=False)  # claim_output_dir verified it
+        say(f"Resumed from {ck} at step {learn.state.step} (sample {learn.state.samples_in_epoch} of epoch {learn.state.epoch} on each process)")
     say(describe(learn.raw_model, d['seq_len']))
     if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
     say(f"Data: {d['n_train']} train {d['unit']} of up to {d['seq_len']} tokens" +
@@ -157,13 +169,30 @@ def build_learner(cfg:Config) -> Learner:
     return learn
 
 def train(cfg:Config, config_file=None) -> Learner:
-    "Run the training `cfg` describes; write the output folder; return the fitted `Learner`."
-    learn = build_learner(cfg)
+    "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
+    lock, ck, meta = claim_run(cfg)
+    out = Path(cfg.output_dir)
+    try: return _train(cfg, config_file, ck, meta)
+    except Exception as e:
+        if not is_disk_full(e): raise
+        ck = latest_checkpoint(out/'checkpoints')   # verified again: a full disk must not have damaged it
+        raise DiskFullError((str(e) if isinstance(e, DiskFullError) else disk_full_message(out)) + '. ' +
+                            (f"The last checkpoint, {ck} (step {json.loads((ck/'trainer_state.json').read_text())['state']['step']}), is "
+                             "intact (verified): free some space, then continue with training.resume_from=latest" if ck else
+                             "No checkpoint was saved yet")) from None
+    finally:
+        if lock: lock.release()
+
+def _train(cfg:Config, config_file, ck, meta) -> Learner:
+    learn = build_learner(cfg, ck, meta)
     acc, out = learn.acc, learn.output_dir
     if acc.is_main_process:
         save_config(cfg, out/'training_config.json')
         if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
     learn.fit()
+    if learn.stop_reason == 'interrupted':   # not finished: no final/, and `main` exits 128 + the signal's number
+        acc.print(f"Interrupted at step {learn.state.step} of {learn.max_steps}; no final/ (the run did not finish).")
+        return learn
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}
     acc.print(f"Done in {learn.state.elapsed/60:.1f} min: step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
@@ -211,6 +240,12 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision).validate(prefix='')
     return dict(loss=m['loss'], perplexity=m['perplexity'], token_accuracy=m['token_accuracy'])
 
+def merge(adapter, output, base=None, overwrite:bool=False) -> Path:
+    "`llm_nb merge-lora`: the adapter merged into its base, written to `output` (checked before any loading, then atomically)."
+    base = base or lora_base(adapter)
+    check_target(output, overwrite, inputs=(adapter, base))
+    return save_hf(*merge_lora(adapter, base), output)
+
 def generate(model_path, prompt:str, max_new_tokens=50, temperature=1.0, top_k=50, top_p=1.0) -> str:
     "Sample a continuation of `prompt` from the model in `model_path`."
     model, tok = load_model_folder(model_path)
@@ -235,6 +270,7 @@ def _parser():
     g.add_argument('--top_k', type=int, default=50); g.add_argument('--top_p', type=float, default=1.0)
     m = sub.add_parser('merge-lora', help='merge a LoRA adapter folder into its base model: a standalone HF model')
     m.add_argument('--adapter', required=True); m.add_argument('--output', required=True)
+    m.add_argument('--overwrite', action='store_true', help='replace a non-empty --output folder')
     m.add_argument('--base', help="base model folder (default: the adapter's base_model_name_or_path)")
     f = sub.add_parser('lr-find', help='sweep the learning rate exponentially; suggest one; write plots/lr_find.png')
     f.add_argument('--config', help='YAML or JSON config file'); f.add_argument('--num_steps', type=int, default=100)
@@ -246,7 +282,9 @@ def main(argv=None):
     args, rest = _parser().parse_known_args(argv)
     if rest: _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        if args.command == 'train': train(load_config(args.config, args.overrides), args.config)
+        if args.command == 'train':
+            learn = train(load_config(args.config, args.overrides), args.config)
+            if learn.stop_reason == 'interrupted': sys.exit(128 + learn.cb(CheckpointCB).signal)
         elif args.command == 'evaluate':
             r = evaluate(args.model_path, args.data, args.split, args.batch_size)
             for k, v in r.items(): print(f"{k}: {v:.4f}")
@@ -254,6 +292,6 @@ def main(argv=None):
         elif args.command == 'generate':
             print(generate(args.model_path, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
         elif args.command == 'lr-find': find_lr(load_config(args.config, args.overrides), args.num_steps)
-        elif args.command == 'merge-lora': print(f"Merged model written to {merge_lora(args.adapter, args.output, args.base)}")
+        elif args.command == 'merge-lora': print(f"Merged model written to {merge(args.adapter, args.output, args.base, args.overwrite)}")
     except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError, FloatingPointError) as e:
         sys.exit(f"llm_nb {args.command}: error: {e}")

@@ -20,7 +20,7 @@ from .model import build_model, count_params
 # %% auto #0
 __all__ = ['TARGET_MODULES', 'auto_target_modules', 'peft_lora_config', 'is_quantised', 'add_lora', 'trainable_report',
            'describe_trainable', 'quantisation_config', 'fix_bnb_cpu', 'load_quantised', 'lora_model', 'is_peft',
-           'save_adapter_state', 'load_adapter_state', 'merge_lora']
+           'save_adapter_state', 'load_adapter_state', 'lora_base', 'merge_lora']
 
 # %% ../nbs/06_lora.ipynb #9c77c74e
 TARGET_MODULES = {
@@ -151,20 +151,21 @@ def load_adapter_state(model, path):
     return model
 
 # %% ../nbs/06_lora.ipynb #ab1d1a28
-def merge_lora(adapter_dir, output_dir, base:str|None=None) -> Path:
-    "Merge the LoRA adapter in `adapter_dir` into its base model (or `base`); save a standalone HF model to `output_dir`."
-    adapter_dir, output_dir = Path(adapter_dir), Path(output_dir)
+def lora_base(adapter_dir) -> str:
+    "The base model (folder or hub id) that the LoRA adapter in `adapter_dir` was trained on."
+    adapter_dir = Path(adapter_dir)
     if not (adapter_dir/'adapter_config.json').exists(): raise FileNotFoundError(f"--adapter {adapter_dir}: no adapter_config.json (not a LoRA adapter folder)")
-    base = base or PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if not base: raise ValueError(f"{adapter_dir/'adapter_config.json'}: no base_model_name_or_path; pass base=")
+    return base
+
+def merge_lora(adapter_dir, base:str|None=None) -> tuple:
+    "The LoRA adapter in `adapter_dir` merged into its base model (or `base`): `(standalone HF model, tokenizer)`."
+    adapter_dir = Path(adapter_dir)
+    base = base or lora_base(adapter_dir)
     try: model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=False)
     except OSError as e: raise OSError(f"base model {base!r} of {adapter_dir}: cannot load: {e}") from None
     has_tok = (adapter_dir/'tokenizer_config.json').exists()
     tok = AutoTokenizer.from_pretrained(adapter_dir if has_tok else base, trust_remote_code=False)
     if len(tok) > model.get_input_embeddings().num_embeddings: model.resize_token_embeddings(len(tok))
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(output_dir, safe_serialization=True)
-    tok.save_pretrained(output_dir)
-    merged.generation_config.save_pretrained(output_dir)
-    return output_dir
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(), tok

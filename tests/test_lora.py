@@ -7,6 +7,7 @@ from peft import PeftModel
 from llm_nb.config import Config, ModelConfig, LoraConfig, TrainingConfig
 from llm_nb.model import count_params
 from llm_nb.loop import Learner, make_optimizer
+from llm_nb.checkpoint import save_hf
 from llm_nb.tokenisation import train_tokenizer
 from llm_nb.lora import (auto_target_modules, peft_lora_config, add_lora, trainable_report, describe_trainable, load_quantised,
                          lora_model, save_adapter_state, load_adapter_state, merge_lora, is_peft)
@@ -132,7 +133,7 @@ def test_merge_lora(tmp_path):
         for n, p in m.named_parameters():
             if 'lora_B' in n: p.normal_(std=0.1)
     m.save_pretrained(tmp_path/'adapter'); tok.save_pretrained(tmp_path/'adapter')
-    out = merge_lora(tmp_path/'adapter', tmp_path/'merged')
+    out = save_hf(*merge_lora(tmp_path/'adapter'), tmp_path/'merged')  # what `llm_nb merge-lora` writes
     assert (out/'model.safetensors').exists() and (out/'tokenizer.json').exists() and not (out/'adapter_config.json').exists()
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     assert not is_peft(merged) and not any('lora' in n for n, _ in merged.named_parameters())
@@ -143,7 +144,7 @@ def test_merge_lora(tmp_path):
         lin = m.base_model.model.transformer.h[0].attn.c_attn
         w = lin.base_layer.weight + (16 / 4) * (lin.lora_B['default'].weight @ lin.lora_A['default'].weight).T
         torch.testing.assert_close(merged.transformer.h[0].attn.c_attn.weight, w)
-    with pytest.raises(FileNotFoundError, match='adapter_config.json'): merge_lora(tmp_path/'base', tmp_path/'x')
+    with pytest.raises(FileNotFoundError, match='adapter_config.json'): merge_lora(tmp_path/'base')
 
 def test_adapter_checkpoint_resume(tmp_path):
     "2 steps, adapter-only checkpoint (+ optimizer), 2 more in a fresh Learner == 4 uninterrupted steps."
@@ -198,7 +199,7 @@ def test_new_chat_tokens_are_trained_saved_and_merged(tmp_path):
     with torch.no_grad(): ref = m(input_ids=x).logits
     b = AutoModelForCausalLM.from_pretrained(tmp_path/'base'); b.resize_token_embeddings(len(tok))
     back = PeftModel.from_pretrained(b, tmp_path/'adapter').eval()
-    merged = AutoModelForCausalLM.from_pretrained(merge_lora(tmp_path/'adapter', tmp_path/'merged')).eval()
+    merged = AutoModelForCausalLM.from_pretrained(save_hf(*merge_lora(tmp_path/'adapter'), tmp_path/'merged')).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(input_ids=x).logits, ref)
         torch.testing.assert_close(merged(input_ids=x).logits, ref, atol=1e-5, rtol=1e-4)
