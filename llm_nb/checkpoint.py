@@ -30,7 +30,7 @@ class DiskFullError(CheckpointError):
 
 def is_disk_full(e:BaseException) -> bool:
     "An out-of-space error, from Python (`ENOSPC`, `EDQUOT`) or from safetensors' Rust writer (a `SafetensorError`)."
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
+    if isinstance(e, DiskFullError) or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
     return isinstance(e, Exception) and ('No space left on device' in str(e) or 'StorageFull' in str(e))
 
 def disk_full_message(path, need:int=0) -> str:
@@ -75,8 +75,9 @@ def atomic_folder(path, write, need:int=0):
         _fsync(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
+        full = is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(path.parent).free < 2**20)  # torch.save says only "unexpected pos"
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(e): raise DiskFullError(disk_full_message(path, need)) from None
+        if full: raise DiskFullError(disk_full_message(path, need)) from None
         raise
     return path
 

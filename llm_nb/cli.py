@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #6c145e48
 from __future__ import annotations
-import argparse, json, math, shutil, sys, time
+import argparse, json, math, shutil, sys, time, warnings
 from pathlib import Path
 import torch, transformers
 from accelerate import PartialState
@@ -14,7 +14,7 @@ from accelerate.utils import broadcast_object_list
 from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
-from .model import build_model, compile_model, describe
+from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
@@ -217,8 +217,10 @@ def load_model_folder(path):
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if (path/'tokenizer_config.json').exists() else None
     if (path/'adapter_config.json').exists():  # a LoRA run's final/ or best/: the base model plus the adapter
         from peft import AutoPeftModelForCausalLM
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=False)
-    elif (path/'config.json').exists(): model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, attn_implementation='sdpa')
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+    elif (path/'config.json').exists():
+        require_safetensors(path)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, attn_implementation='sdpa', use_safetensors=True)
     else: raise FileNotFoundError(f"--model_path {path}: not a model folder (no config.json or adapter_config.json)")
     if tok is None: raise FileNotFoundError(f"--model_path {path}: no tokenizer saved with the model")
     if tok.pad_token is None: tok.pad_token = tok.eos_token
@@ -247,9 +249,10 @@ def merge(adapter, output, base=None, overwrite:bool=False) -> Path:
     return save_hf(*merge_lora(adapter, base), output)
 
 def generate(model_path, prompt:str, max_new_tokens=50, temperature=1.0, top_k=50, top_p=1.0) -> str:
-    "Sample a continuation of `prompt` from the model in `model_path`."
+    "Sample a continuation of `prompt` from the model in `model_path` (a prompt too long for the context keeps its end)."
     model, tok = load_model_folder(model_path)
-    ids = tok(prompt, return_tensors='pt')
+    ids, max_new_tokens, note = fit_to_context(tok(prompt, return_tensors='pt'), max_new_tokens, context_length(model))
+    if note: warnings.warn(note)
     out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
                          top_k=top_k, top_p=top_p, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0], skip_special_tokens=True)

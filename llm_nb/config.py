@@ -14,8 +14,8 @@ import yaml
 # %% auto #0
 __all__ = ['REPORTERS', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
            'LoraConfig', 'DPOConfig', 'LoggingConfig', 'NotificationsConfig', 'Config', 'ConfigError', 'coerce',
-           'from_dict', 'apply_override', 'read_config_file', 'apply_ablation', 'load_config', 'check_combinations',
-           'config_to_dict', 'save_config']
+           'from_dict', 'apply_override', 'read_utf8', 'read_config_file', 'apply_ablation', 'load_config',
+           'check_combinations', 'config_to_dict', 'save_config']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 def choice(default, options):
@@ -88,6 +88,7 @@ class TrainingConfig:
     early_stopping_patience: int|None = None
     early_stopping_threshold: float = 0.0
     resume_from: str|None = None  # a checkpoint folder, or "latest"
+    overwrite_output_dir: bool = False  # delete a previous run's results in output_dir and start over (HF's name)
     label_smoothing: float = 0.0
     use_rdrop: bool = False
     rdrop_alpha: float = 0.05
@@ -245,12 +246,24 @@ def apply_override(d:dict, override:str):
     node[last] = yaml.safe_load(val) if val.strip() else None
     return d
 
+# %% ../nbs/00_config.ipynb #dd1d0899
+def read_utf8(path, error=ConfigError) -> str:
+    "The text of UTF-8 file `path`; a byte that is not UTF-8 raises `error` naming the file and the line."
+    data = Path(path).read_bytes()
+    try: text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        line, col = data.count(b'\n', 0, e.start) + 1, e.start - data.rfind(b'\n', 0, e.start)
+        raise error(f"{path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at byte {col} of the line); "
+                    "re-encode the file as UTF-8") from None
+    return text.removeprefix('\ufeff').replace('\r\n', '\n').replace('\r', '\n')
+
 # %% ../nbs/00_config.ipynb #dfd5a78e
 def read_config_file(path) -> dict:
     "Read a YAML or JSON config file into a dict; errors name the file."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"config file not found: {path}")
-    try: d = json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())
+    text = read_utf8(path)
+    try: d = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e: raise ConfigError(f"{path}: cannot parse: {e}") from None
     if d is None: return {}
     if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping of sections")
@@ -283,6 +296,11 @@ def check_combinations(cfg:Config):
     if (m.load_in_4bit or m.load_in_8bit) and not (cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)):
         raise ConfigError(f'model.load_in_4bit/load_in_8bit with training_type={cfg.training_type}: k-bit weights cannot be '
                           'trained directly; use training_type=lora (QLoRA), or dpo with dpo.use_lora=true')
+    if cfg.training.overwrite_output_dir and cfg.training.resume_from:
+        raise ConfigError('training.overwrite_output_dir=true deletes the checkpoints that training.resume_from would continue: choose one')
+    for i, p in enumerate(cfg.training.sample_prompts or []):
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"training.sample_prompts[{i}]: expected a non-empty string to continue, got {p!r}")
 
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 

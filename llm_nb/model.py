@@ -6,12 +6,14 @@ Docs: https://llm-nb.github.io/llm_nb/model.html.md"""
 
 # %% ../nbs/03_model.ipynb #9794b7c7
 from __future__ import annotations
+from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from .config import ModelConfig
 
 # %% auto #0
-__all__ = ['model_config', 'build_model', 'compile_model', 'count_params', 'flops_per_token', 'describe']
+__all__ = ['model_config', 'require_safetensors', 'build_model', 'compile_model', 'count_params', 'flops_per_token', 'describe',
+           'context_length', 'fit_to_context']
 
 # %% ../nbs/03_model.ipynb #bb131a03
 def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_id=None):
@@ -26,12 +28,24 @@ def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_
                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.d_ff,
                        attention_dropout=cfg.attention_dropout, **ids)
 
+# %% ../nbs/03_model.ipynb #e2b9f766
+def require_safetensors(path) -> None:
+    "Raise `FileNotFoundError` when `path` is a local folder without `*.safetensors` weights; anything else (a hub id) passes."
+    p = Path(path)
+    if not p.is_dir() or any(p.glob('*.safetensors')): return
+    pickles = sorted(f.name for pat in ('pytorch_model*.bin', 'adapter_model.bin', '*.pt', '*.pth', '*.ckpt') for f in p.glob(pat))
+    if not pickles: raise FileNotFoundError(f"{p}: no model weights (*.safetensors) in this folder")
+    raise FileNotFoundError(f"{p}: holds only pickle weights ({', '.join(pickles)}); llm_nb loads safetensors only, because "
+                            "unpickling a file can run arbitrary code. Convert it once where you trust the file: "
+                            f"`AutoModelForCausalLM.from_pretrained('{p}').save_pretrained('{p}')` (transformers writes safetensors)")
+
 # %% ../nbs/03_model.ipynb #926e4021
 def build_model(cfg:ModelConfig, tok=None, vocab_size:int|None=None):
     "A causal LM: loaded from `cfg.name_or_path`, or freshly initialised from the sizes in `cfg`."
     if cfg.name_or_path:
+        require_safetensors(cfg.name_or_path)
         try: model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, trust_remote_code=False, attn_implementation='sdpa',
-                                                          dtype=torch.float32)
+                                                          dtype=torch.float32, use_safetensors=True)
         except OSError as e: raise OSError(f"model.name_or_path={cfg.name_or_path!r}: cannot load a causal LM: {e}") from None
         if tok is not None and len(tok) > model.get_input_embeddings().num_embeddings: model.resize_token_embeddings(len(tok))
     else:
@@ -67,3 +81,25 @@ def describe(model, seq_len:int) -> str:
     "One line: architecture, parameters and training GFLOPs per token."
     return (f"{type(model).__name__}: {count_params(model)/1e6:.2f}M parameters, "
             f"{flops_per_token(model, seq_len)/1e9:.3f} GFLOPs/token (train)")
+
+# %% ../nbs/03_model.ipynb #7b338429
+def context_length(model) -> int|None:
+    "The number of positions `model` can attend over (`max_position_embeddings` / `n_positions`), or None if its config has none."
+    c = model.config
+    return getattr(c, 'max_position_embeddings', None) or getattr(c, 'n_positions', None)
+
+def fit_to_context(inputs, max_new_tokens:int, n_ctx:int|None):
+    "Cut `inputs` (a `[B, T]` left-padded id tensor, or a dict of them) and `max_new_tokens` to fit `n_ctx`: `(inputs, max_new_tokens, note or None)`."
+    many = not torch.is_tensor(inputs)   # a dict (or tokenizer `BatchEncoding`) of input_ids, attention_mask, ...
+    ids, mask = (inputs['input_ids'], inputs.get('attention_mask')) if many else (inputs, None)
+    if ids.shape[-1] == 0 or (mask is not None and (mask.sum(-1) == 0).any()): raise ValueError("the prompt is empty: give some text to continue")
+    if n_ctx is None: return inputs, max_new_tokens, None
+    T, reserve = ids.shape[-1], min(max_new_tokens, n_ctx // 2)
+    kept = min(T, n_ctx - reserve)
+    new = min(max_new_tokens, n_ctx - kept)
+    cut = []
+    if kept < T: cut.append(f"the {'longest ' if len(ids) > 1 else ''}prompt ({T} tokens) to its last {kept} tokens")
+    if new < max_new_tokens: cut.append(f"max_new_tokens from {max_new_tokens} to {new}")
+    if not cut: return inputs, max_new_tokens, None
+    inputs = {k: v[:, -kept:] for k, v in inputs.items()} if many else inputs[:, -kept:]
+    return inputs, new, f"cut {' and '.join(cut)} to fit the model's context of {n_ctx} tokens"

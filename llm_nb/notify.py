@@ -142,6 +142,7 @@ def latest_metrics(learn) -> dict:
 class EmailNotifyCB(Callback):
     "E-mail `email_to` at start, each epoch, every `status_every_minutes`, on each new alert, and at the end."
     order = 130
+    side_task = True  # composing a message can fail too (a template, a metric): the Learner turns that into a warning
     def __init__(self, email_to, status_every_minutes:float=10, config:dict|None=None, run_name:str|None=None,
                  settings:SMTPSettings|None=None, retries:int=3, backoff:float=2.0, timeout:float=10, close_timeout:float=60):
         self.settings = settings or SMTPSettings.from_env()

@@ -12,6 +12,7 @@ import torch, torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .config import TrainingConfig
+from .model import context_length, fit_to_context
 from .loop import Callback, CancelFit, LMTask, Learner, NaNGuardCB, token_losses, param_groups
 
 # %% auto #0
@@ -290,14 +291,14 @@ class CodeContrastiveCB(AuxLossCB):
 # %% ../nbs/05a_techniques.ipynb #b9ca2764
 class SampleGenerationCB(Callback):
     "Every `every` steps, generate from each of `prompts`, print it and append it to `<output_dir>/samples.jsonl`."
-    order = 60
+    order, side_task = 60, True
     def __init__(self, tok, prompts, every:int=500, output_dir=None, max_new_tokens:int=40, do_sample:bool=True,
                  temperature:float=0.8, top_k:int=50, seed:int=0):
         if isinstance(prompts, str): prompts = [prompts]
         self.tok, self.prompts, self.every, self.max_new_tokens = tok, list(prompts), every, max_new_tokens
         self.gen_kw = dict(do_sample=do_sample, temperature=temperature, top_k=top_k) if do_sample else dict(do_sample=False)
         self.file = Path(output_dir)/'samples.jsonl' if output_dir is not None else None
-        self.seed, self.samples, self.last = seed, [], -1
+        self.seed, self.samples, self.last, self.warned = seed, [], -1, False
     @torch.no_grad()
     def generate(self, learn) -> list:
         model, dev = learn.raw_model, learn.acc.device
@@ -306,9 +307,10 @@ class SampleGenerationCB(Callback):
         out = []
         with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), learn.acc.autocast():
             torch.manual_seed(self.seed + learn.state.step)
-            for p in self.prompts:
-                ids = self.tok(p, return_tensors='pt').to(dev)
-                g = model.generate(**ids, max_new_tokens=self.max_new_tokens, pad_token_id=pad, **self.gen_kw)
+            for i, p in enumerate(self.prompts):
+                ids, new, note = fit_to_context(self.tok(p, return_tensors='pt').to(dev), self.max_new_tokens, context_length(model))
+                if note and not self.warned: warnings.warn(f"SampleGenerationCB, prompt {i}: {note}"); self.warned = True
+                g = model.generate(**ids, max_new_tokens=new, pad_token_id=pad, **self.gen_kw)
                 out.append(dict(step=learn.state.step, prompt=p, text=self.tok.decode(g[0], skip_special_tokens=True)))
         model.train(was)
         return out
