@@ -18,8 +18,9 @@ from .loop import Callback, CancelFit, TrainState
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
            'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'check_target',
            'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint',
-           'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'claim_output_dir', 'resume_changes',
-           'check_resume', 'resumed_max_steps', 'CheckpointCB', 'greater_is_better', 'BestModelCB']
+           'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'clear_run_outputs',
+           'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps', 'CheckpointCB',
+           'greater_is_better', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
@@ -41,6 +42,7 @@ def disk_full_message(path, need:int=0) -> str:
 
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
+_UMASK = _umask()   # read once, at import: setting it briefly to 0 later could race with other threads' files
 
 def _sha256(path):
     h = hashlib.sha256()
@@ -66,7 +68,7 @@ def atomic_folder(path, write, need:int=0):
         files = sorted(p for p in tmp.rglob('*') if p.is_file())
         manifest = {str(p.relative_to(tmp)): dict(size=p.stat().st_size, sha256=_sha256(p)) for p in files}
         (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1))
-        mode = 0o666 & ~_umask()  # safetensors writes its files 0600: a server running as another user could not read them
+        mode = 0o666 & ~_UMASK  # safetensors writes its files 0600: a server running as another user could not read them
         for p in [*files, tmp/'manifest.json']: os.chmod(p, mode); _fsync(p)
         _fsync(tmp)
         old = path.parent/f'.{path.name}.old-{os.getpid()}'
@@ -77,7 +79,7 @@ def atomic_folder(path, write, need:int=0):
     except BaseException as e:
         full = is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(path.parent).free < 2**20)  # torch.save says only "unexpected pos"
         shutil.rmtree(tmp, ignore_errors=True)
-        if full: raise DiskFullError(disk_full_message(path, need)) from None
+        if full: raise DiskFullError(f"{disk_full_message(path, need)} ({type(e).__name__}: {str(e)[:200]})") from None
         raise
     return path
 
@@ -193,6 +195,7 @@ def _restore_optimizer(learn, opt_state, sched_state, path):
     except (ValueError, KeyError, RuntimeError) as e: raise CheckpointError(f"{path/'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
     for g, h in zip(learn.opt.param_groups, hyper): g.update(h)
     if learn.sched is None or sched_state is None: return
+    if not isinstance(learn.sched, torch.optim.lr_scheduler.LambdaLR): return learn.sched.load_state_dict(sched_state)  # a scheduler of one's own
     base = learn.sched.base_lrs
     learn.sched.load_state_dict(sched_state)
     learn.sched.base_lrs = base   # this run's peak rates, at the saved position in this run's schedule
@@ -202,10 +205,12 @@ def _restore_optimizer(learn, opt_state, sched_state, path):
 
 def _resume_position(learn, meta):
     "Continue at the first sample not yet trained on, whatever batch size and process count consumed the others."
-    st, t = learn.state, (meta.get('config') or {}).get('training', {})
-    if 'samples_in_epoch' not in meta['state']: st.samples_in_epoch = st.batch_in_epoch * t.get('per_device_train_batch_size', learn.train_dl.batch_size)
-    st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', 1) // learn.acc.num_processes
-    st.batch_in_epoch = st.samples_in_epoch // learn.train_dl.batch_size
+    st, t, n = learn.state, (meta.get('config') or {}).get('training', {}), learn.acc.num_processes
+    bs = getattr(learn.train_dl, 'batch_size', None)
+    if not bs: return   # a loader without a batch size has no sampler position to restore
+    if 'samples_in_epoch' not in meta['state']: st.samples_in_epoch = st.batch_in_epoch * t.get('per_device_train_batch_size', bs)  # older checkpoints
+    st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', n) // n
+    st.batch_in_epoch = st.samples_in_epoch // bs
 
 def load_checkpoint(learn, path, verify:bool=True):
     "Restore `learn` from checkpoint folder `path` (verified first unless the caller just did)."
@@ -248,10 +253,14 @@ class OutputDirLock:
         self.out.mkdir(parents=True, exist_ok=True)
         f = open(self.out/'.llm_nb.lock', 'a+')
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             f.seek(0); holder = f.read().strip() or 'an unknown process'; f.close()
             raise OutputDirError(f"{self.out} is in use by another run ({holder}); two runs in one folder would mix their files "
                                  "and delete each other's checkpoints: wait for it to end, or choose another output_dir") from None
+        except OSError as e:   # a file system without flock (some NFS, FUSE, Lustre mounts): run, but say so
+            f.close()
+            warnings.warn(f"{self.out}: cannot lock the output folder on this file system ({e}); make sure no other run uses it")
+            return self
         f.seek(0); f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"); f.flush()
         self.file = f
@@ -270,14 +279,19 @@ def run_results(out) -> list:
     "Names in `out` that hold a run's results (an empty `checkpoints/` does not count)."
     return [n for n in RUN_RESULTS if (p := Path(out)/n).exists() and not (p.is_dir() and not any(p.iterdir()))]
 
+def clear_run_outputs(out) -> list:
+    "Delete what a run writes in `out` (for `training.overwrite_output_dir`; call it once the new run is known to start)."
+    out = Path(out)
+    gone = [n for n in RUN_OUTPUTS if (out/n).exists()]
+    for n in gone: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
+    if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
+    return gone
+
 def claim_output_dir(out, resume_from=None, overwrite:bool=False):
-    "What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start afresh."
+    """What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start
+    afresh. With `overwrite` the previous run's outputs stay until the caller has built the new run (`clear_run_outputs`)."""
     out, found = Path(out), run_results(out)
-    if overwrite:
-        gone = [n for n in RUN_OUTPUTS if (out/n).exists()]
-        for n in gone: shutil.rmtree(out/n) if (out/n).is_dir() else (out/n).unlink()
-        if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
-        return None
+    if overwrite: return None
     if resume_from is None:
         if found: raise OutputDirError(f"{out} holds another run's results ({', '.join(found)}); refusing to overwrite them. Continue that "
                                        "run with training.resume_from=latest, choose a new output_dir, or set training.overwrite_output_dir=true "
@@ -302,8 +316,9 @@ FIXED_ON_RESUME = ('training_type', 'seed', 'model', 'tokenizer', 'data', 'lora'
 FREE_ON_RESUME = ('model.dropout', 'model.attention_dropout', 'model.gradient_checkpointing', 'data.test_file',
                   'lora.lora_dropout', 'dpo.beta', 'dpo.loss_type', 'dpo.label_smoothing')  # ... except these
 
-def _flat(d:dict, pre='') -> dict:
-    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{pre}{k}.').items() if isinstance(v, dict) else [(pre + k, v)])}
+def _flat(d:dict) -> dict:
+    "`section.key: value` (a dict value, such as `sampling.domain_weights`, compared whole)."
+    return {k2: v2 for k, v in d.items() for k2, v2 in ({f'{k}.{f}': x for f, x in v.items()}.items() if isinstance(v, dict) else [(k, v)])}
 
 def resume_changes(saved:dict, new:dict) -> tuple:
     "The settings of `new` that differ from a checkpoint's `saved` config: `(refused, accepted)`, each line 'key: old → new'."
@@ -334,7 +349,7 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
     t0 = (meta.get('config') or {}).get('training')
     if t.max_steps > 0 or not t0: return fresh
-    old = t0['per_device_train_batch_size'] * t0['gradient_accumulation_steps'] * meta.get('num_processes', 1)
+    old = t0['per_device_train_batch_size'] * t0['gradient_accumulation_steps'] * meta.get('num_processes', num_processes)
     new = t.per_device_train_batch_size * t.gradient_accumulation_steps * num_processes
     step = meta['state']['step']
     return fresh if old == new else step + max(0, fresh - round(step * old / new))
@@ -368,18 +383,17 @@ class CheckpointCB(Callback):
         print(f"\nReceived {signal.Signals(signum).name}: finishing this step, then saving checkpoints/interrupted …", flush=True)
 
     def after_step(self, learn):
-        if self.signal is not None:
+        if self.signal is not None:   # save first: whatever runs after this may not get its turn
             learn.stop_reason = 'interrupted'
+            p = self.save(learn, 'interrupted')
+            print(f"Saved {p}. Resume with: llm_nb train [same config] training.resume_from=latest", flush=True)
             raise CancelFit()
         if self.save_steps > 0 and learn.state.step % self.save_steps == 0: self.save(learn, f'step-{learn.state.step}')
     def after_epoch(self, learn):
         if learn.state.batch_in_epoch == 0 and learn.state.step < learn.max_steps: self.save(learn, f'epoch-{learn.state.epoch}')
     def after_fit(self, learn):
         for s, h in self._old.items(): signal.signal(s, h)
-        if learn.stop_reason in ('time-limit', 'interrupted'):
-            p = self.save(learn, learn.stop_reason)
-            if learn.stop_reason == 'interrupted':
-                print(f"Saved {p}. Resume with: llm_nb train [same config] training.resume_from=latest", flush=True)
+        if learn.stop_reason == 'time-limit': self.save(learn, 'time-limit')
 
 # %% ../nbs/09_checkpointing.ipynb #925d6d3d
 def greater_is_better(metric:str) -> bool: return not any(s in metric for s in ('loss', 'perplexity'))

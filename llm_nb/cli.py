@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse, json, math, shutil, sys, time, warnings
 from pathlib import Path
 import torch, transformers
-from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict
 from .tokenisation import load_tokenizer
@@ -18,8 +17,8 @@ from .model import build_model, compile_model, describe, require_safetensors, fi
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
-                               is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, check_resume, resumed_max_steps,
-                               check_target)
+                               is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
+                               resumed_max_steps, check_target)
 from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
@@ -50,23 +49,22 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
     if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
     return cbs + technique_callbacks(t, tok, out)
 
-def claim_run(cfg:Config) -> tuple:
-    """Lock `cfg.output_dir` for this run and decide, on the main process, whether it resumes; every process gets the
-    answer (or the error) before any work. Returns `(lock or None, checkpoint or None, its metadata or None)`."""
-    state, out, t = PartialState(), Path(cfg.output_dir), cfg.training
-    lock, ans, err = None, (None, None), None
-    if state.is_main_process:
+def claim_run(cfg:Config, acc) -> tuple:
+    """Lock `cfg.output_dir` for this run and decide, on the main process of `acc`, whether it resumes; every process gets
+    the answer (or the error) before any work. Returns `(lock or None, checkpoint or None, its metadata or None)`."""
+    out, t = Path(cfg.output_dir), cfg.training
+    lock, ans, err = None, (None, None, None), None
+    if acc.is_main_process:
         try:
             lock = OutputDirLock(out).acquire()
             ck = claim_output_dir(out, t.resume_from, t.overwrite_output_dir)
-            ans = (None, str(ck) if ck else None)
-        except CheckpointError as e:
+            ans = (None, str(ck) if ck else None, check_resume(ck, config_to_dict(cfg)) if ck else None)
+        except Exception as e:   # any refusal or failure: release the folder, and tell every process
             if lock: lock.release()
-            ans, err = (str(e), None), e
-    if state.num_processes > 1: ans = broadcast_object_list([ans])[0]
+            ans, err = (f"{e}", None, None), e
+    if acc.num_processes > 1: ans = broadcast_object_list([ans])[0]
     if ans[0]: raise err or CheckpointError(ans[0])
-    ck = Path(ans[1]) if ans[1] else None
-    return lock, ck, check_resume(ck, config_to_dict(cfg)) if ck else None
+    return lock, Path(ans[1]) if ans[1] else None, ans[2]
 
 # %% ../nbs/11_cli.ipynb #e40b5083
 def _is_sft(cfg:Config) -> bool: return cfg.training_type == 'sft' or (cfg.training_type == 'lora' and wants_sft(cfg.data))
@@ -132,10 +130,10 @@ def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
                             max_steps=max_steps, cbs=[DPOMetricsCB(t.logging_steps)], seq_len=max_len, unit='pairs',
                             n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
 
-def build_learner(cfg:Config, ck=None, meta=None) -> Learner:
+def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed from checkpoint `ck` (metadata `meta`) if given."
     out = Path(cfg.output_dir)
-    acc = make_accelerator(cfg.training.mixed_precision)
+    acc = acc or make_accelerator(cfg.training.mixed_precision)
     say = acc.print
     transformers.set_seed(cfg.seed)
     t = cfg.training
@@ -170,23 +168,26 @@ def build_learner(cfg:Config, ck=None, meta=None) -> Learner:
 
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
-    lock, ck, meta = claim_run(cfg)
+    acc = make_accelerator(cfg.training.mixed_precision)
+    lock, ck, meta = claim_run(cfg, acc)
     out = Path(cfg.output_dir)
-    try: return _train(cfg, config_file, ck, meta)
-    except Exception as e:
-        if not is_disk_full(e): raise
+    try: return _train(cfg, config_file, ck, meta, acc)
+    except Exception as e:  # our writers' DiskFullError, or a plain write into the output folder that found it full
+        ours = isinstance(e, OSError) and is_disk_full(e) and out.resolve() in Path(e.filename or '/').resolve().parents
+        if not (isinstance(e, DiskFullError) or ours): raise
         ck = latest_checkpoint(out/'checkpoints')   # verified again: a full disk must not have damaged it
-        raise DiskFullError((str(e) if isinstance(e, DiskFullError) else disk_full_message(out)) + '. ' +
+        raise DiskFullError((str(e) if isinstance(e, DiskFullError) else f"{disk_full_message(out)} ({e})") + '. ' +
                             (f"The last checkpoint, {ck} (step {json.loads((ck/'trainer_state.json').read_text())['state']['step']}), is "
                              "intact (verified): free some space, then continue with training.resume_from=latest" if ck else
                              "No checkpoint was saved yet")) from None
     finally:
         if lock: lock.release()
 
-def _train(cfg:Config, config_file, ck, meta) -> Learner:
-    learn = build_learner(cfg, ck, meta)
-    acc, out = learn.acc, learn.output_dir
+def _train(cfg:Config, config_file, ck, meta, acc) -> Learner:
+    learn = build_learner(cfg, ck, meta, acc)
+    out = learn.output_dir
     if acc.is_main_process:
+        if cfg.training.overwrite_output_dir: clear_run_outputs(out)   # only now that the new run is built
         save_config(cfg, out/'training_config.json')
         if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
     learn.fit()
@@ -217,7 +218,8 @@ def load_model_folder(path):
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if (path/'tokenizer_config.json').exists() else None
     if (path/'adapter_config.json').exists():  # a LoRA run's final/ or best/: the base model plus the adapter
         from peft import AutoPeftModelForCausalLM
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=False, use_safetensors=True)
+        require_safetensors(path)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=False)   # peft reads its safetensors
     elif (path/'config.json').exists():
         require_safetensors(path)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, attn_implementation='sdpa', use_safetensors=True)
@@ -250,6 +252,7 @@ def merge(adapter, output, base=None, overwrite:bool=False) -> Path:
 
 def generate(model_path, prompt:str, max_new_tokens=50, temperature=1.0, top_k=50, top_p=1.0) -> str:
     "Sample a continuation of `prompt` from the model in `model_path` (a prompt too long for the context keeps its end)."
+    if not prompt: raise ValueError("the prompt is empty: give some text to continue")  # before a tokenizer adds BOS to it
     model, tok = load_model_folder(model_path)
     ids, max_new_tokens, note = fit_to_context(tok(prompt, return_tensors='pt'), max_new_tokens, context_length(model))
     if note: warnings.warn(note)

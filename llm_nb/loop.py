@@ -289,25 +289,28 @@ class Learner:
         "The first callback of type `cls` (or None)."
         return next((c for c in self.cbs if isinstance(c, cls)), None)
 
-    def event(self, name):
+    def event(self, name, guard:bool=False):
+        "Call `name` on every callback. A side task's error is a warning; with `guard` (stopping after an error) everyone's is."
         for cb in self.cbs:
             if not hasattr(cb, name): continue
-            if not getattr(cb, 'side_task', False): getattr(cb, name)(self); continue
+            if not (guard or getattr(cb, 'side_task', False)): getattr(cb, name)(self); continue
             try: getattr(cb, name)(self)
-            except (CancelStep, CancelBatch, CancelEpoch, CancelFit): raise
+            except (CancelStep, CancelBatch, CancelEpoch, CancelFit):
+                if not guard: raise
             except Exception as e:  # a side task (samples, plots, notifications) never stops training
-                warnings.warn(f"{type(cb).__name__}.{name} failed at step {self.state.step} ({type(e).__name__}: {e}); training goes on")
+                warnings.warn(f"{type(cb).__name__}.{name} failed at step {self.state.step} ({type(e).__name__}: {e})" +
+                              ('' if guard else '; training goes on'))
 
     def log(self, **metrics):
         "Add metrics to the record of the current step (written out at the end of the step)."
         epoch = self.state.epoch + self.state.batch_in_epoch / max(1, len(self.train_dl))
         self.record = {'step': self.state.step, 'epoch': round(epoch, 4), **self.record, **metrics}
 
-    def _flush_log(self):
+    def _flush_log(self, guard:bool=False):
         if not self.record: return
         if self.history and self.history[-1]['step'] == self.record['step']: self.history[-1].update(self.record)  # one record per step
         else: self.history.append(self.record)
-        self.event('after_log')
+        self.event('after_log', guard)
         self.record = {}
 
 # %% ../nbs/05_loop.ipynb #deaae27c
@@ -355,7 +358,7 @@ def _one_step(self:Learner, micro_batches):
         self.opt.zero_grad(set_to_none=True)
         self.state.step += 1
         self.state.batch_in_epoch += len(self.batch)
-        self.state.samples_in_epoch += len(self.batch) * self.train_dl.batch_size
+        self.state.samples_in_epoch += len(self.batch) * (getattr(self.train_dl, 'batch_size', None) or 0)  # 0: no sampler to resume
         self.state.tokens_seen += sum(int(b['attention_mask'].sum()) if 'attention_mask' in b else b['input_ids'].numel() for b in self.batch)
         self.event('after_step')
     except CancelBatch: pass
@@ -399,9 +402,9 @@ def _fit(self:Learner):
     return self
 
 def _after_fit(self:Learner):
-    if self.error is None: self.event('after_fit'); self._flush_log(); return
-    try: self.event('after_fit'); self._flush_log()
-    except Exception as e: warnings.warn(f"while stopping after {type(self.error).__name__}: {type(e).__name__}: {e}")  # never hides the first error
+    guard = self.error is not None   # after an error every callback still cleans up (signal handlers, files), and none hides the error
+    self.event('after_fit', guard)
+    self._flush_log(guard)
 
 Learner.fit, Learner._next_epoch, Learner._after_fit = _fit, _next_epoch, _after_fit
 
@@ -528,7 +531,8 @@ class EvalCB(Callback):
     def after_step(self, learn):
         if learn.valid_dl is not None and learn.state.step % self.every == 0: self._eval(learn)
     def after_fit(self, learn):
-        if learn.valid_dl is not None and self.last != learn.state.step and learn.state.step > 0 and learn.error is None: self._eval(learn)
+        if learn.valid_dl is None or self.last == learn.state.step or learn.state.step == 0: return
+        if learn.error is None and learn.stop_reason != 'interrupted': self._eval(learn)   # a pre-empted job may have seconds left
 
 # %% ../nbs/05_loop.ipynb #690bb603
 class TimeBudgetCB(Callback):

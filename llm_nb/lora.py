@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from peft import (LoraConfig as PeftLoraConfig, PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training,
                   get_peft_model_state_dict, set_peft_model_state_dict)
 from .config import Config, ModelConfig, LoraConfig
-from .model import build_model, count_params
+from .model import build_model, count_params, require_safetensors
 
 # %% auto #0
 __all__ = ['TARGET_MODULES', 'auto_target_modules', 'peft_lora_config', 'is_quantised', 'add_lora', 'trainable_report',
@@ -105,7 +105,8 @@ def load_quantised(cfg:ModelConfig, tok=None):
     if qc is None: raise ValueError("load_quantised: set model.load_in_4bit or model.load_in_8bit")
     if not cfg.name_or_path: raise ValueError("model.load_in_4bit/load_in_8bit quantise a pretrained model: set model.name_or_path")
     device = {'': torch.cuda.current_device()} if torch.cuda.is_available() else {'': 'cpu'}
-    try: model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, quantization_config=qc, device_map=device,
+    require_safetensors(cfg.name_or_path)
+    try: model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, quantization_config=qc, device_map=device, use_safetensors=True,
                                                       dtype=torch.bfloat16, attn_implementation='sdpa', trust_remote_code=False)
     except OSError as e: raise OSError(f"model.name_or_path={cfg.name_or_path!r}: cannot load a causal LM: {e}") from None
     if tok is not None and len(tok) > model.get_input_embeddings().num_embeddings:
@@ -163,9 +164,11 @@ def merge_lora(adapter_dir, base:str|None=None) -> tuple:
     "The LoRA adapter in `adapter_dir` merged into its base model (or `base`): `(standalone HF model, tokenizer)`."
     adapter_dir = Path(adapter_dir)
     base = base or lora_base(adapter_dir)
-    try: model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=False)
+    require_safetensors(base)
+    try: model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=False, use_safetensors=True)
     except OSError as e: raise OSError(f"base model {base!r} of {adapter_dir}: cannot load: {e}") from None
     has_tok = (adapter_dir/'tokenizer_config.json').exists()
     tok = AutoTokenizer.from_pretrained(adapter_dir if has_tok else base, trust_remote_code=False)
     if len(tok) > model.get_input_embeddings().num_embeddings: model.resize_token_embeddings(len(tok))
+    require_safetensors(adapter_dir)
     return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(), tok

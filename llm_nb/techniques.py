@@ -305,14 +305,15 @@ class SampleGenerationCB(Callback):
         was = model.training; model.eval()
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         out = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), learn.acc.autocast():
-            torch.manual_seed(self.seed + learn.state.step)
-            for i, p in enumerate(self.prompts):
-                ids, new, note = fit_to_context(self.tok(p, return_tensors='pt').to(dev), self.max_new_tokens, context_length(model))
-                if note and not self.warned: warnings.warn(f"SampleGenerationCB, prompt {i}: {note}"); self.warned = True
-                g = model.generate(**ids, max_new_tokens=new, pad_token_id=pad, **self.gen_kw)
-                out.append(dict(step=learn.state.step, prompt=p, text=self.tok.decode(g[0], skip_special_tokens=True)))
-        model.train(was)
+        try:
+            with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), learn.acc.autocast():
+                torch.manual_seed(self.seed + learn.state.step)
+                for i, p in enumerate(self.prompts):
+                    ids, new, note = fit_to_context(self.tok(p, return_tensors='pt').to(dev), self.max_new_tokens, context_length(model))
+                    if note and not self.warned: warnings.warn(f"SampleGenerationCB, prompt {i}: {note}"); self.warned = True
+                    g = model.generate(**ids, max_new_tokens=new, pad_token_id=pad, **self.gen_kw)
+                    out.append(dict(step=learn.state.step, prompt=p, text=self.tok.decode(g[0], skip_special_tokens=True)))
+        finally: model.train(was)   # a failed sample (a side task: training goes on) must not leave dropout off
         return out
     def _run(self, learn):
         self.last = learn.state.step
@@ -327,7 +328,7 @@ class SampleGenerationCB(Callback):
     def after_step(self, learn):
         if self.every > 0 and learn.state.step % self.every == 0: self._run(learn)
     def after_fit(self, learn):
-        if self.last != learn.state.step and learn.state.step > 0: self._run(learn)
+        if self.last != learn.state.step and learn.state.step > 0 and learn.error is None and learn.stop_reason != 'interrupted': self._run(learn)
 
 # %% ../nbs/05a_techniques.ipynb #e77968fa
 def technique_task(cfg:TrainingConfig, task=None):

@@ -22,7 +22,7 @@ def docs(tmp_path_factory): return tiny_corpus(tmp_path_factory.mktemp('docs'), 
 def finished(tmp_path_factory, docs):
     "A finished 4-step run with checkpoints at steps 2 and 4 (tests copy it before touching it)."
     out = tmp_path_factory.mktemp('finished')/'out'
-    r = run_cli('train', *args(out, docs))
+    r = run_cli('train', *args(out, docs), preexec_fn=lambda: os.umask(0o022))   # a umask under which 0600 files are a bug
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -49,6 +49,9 @@ def test_second_run_into_a_finished_folder_is_refused(run_copy, docs):
 
 def test_overwrite_output_dir_starts_over(run_copy, docs):
     (run_copy/'notes.txt').write_text('the user keeps notes here')
+    before = tree_hash(run_copy)   # a new config with a typo fails before anything of the old run is deleted
+    err = failed(run_cli('train', *args(run_copy, docs, **{'data.train_file': docs/'typo.txt', 'training.overwrite_output_dir': 'true'})))
+    assert 'data file not found' in err and tree_hash(run_copy) == before
     r = run_cli('train', *args(run_copy, docs, steps=2, **{'model.d_model': 32, 'training.overwrite_output_dir': 'true'}))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training.overwrite_output_dir=true: deleted the previous run's final, best, checkpoints" in r.stdout
@@ -63,6 +66,13 @@ def test_resume_latest_under_another_architecture_is_refused(run_copy, docs):
     assert f"cannot resume {run_copy/'checkpoints'/'step-4'}: these settings differ" in err
     assert 'model.d_model: 64 → 32' in err and 'tokenizer.vocab_size: 1024 → 512' in err
     assert tree_hash(run_copy) == before
+    # the same refusal in a notebook (the Python API) leaves the folder unlocked for the next try
+    from llm_nb.cli import train
+    from llm_nb.config import load_config
+    from llm_nb.checkpoint import CheckpointError, OutputDirLock
+    with pytest.raises(CheckpointError, match='model.d_model: 64 → 32'):
+        train(load_config(None, args(run_copy, docs, steps=6, **{'model.d_model': 32, 'training.resume_from': 'latest'})))
+    OutputDirLock(run_copy).acquire().release()
 
 # 2. Two runs at once
 def test_a_running_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tmp_path, docs):
@@ -145,19 +155,17 @@ def test_merge_lora_refuses_a_non_empty_folder_unless_told(adapter, tmp_path):
     err = failed(run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', out))
     assert f'{out} exists and is not empty; choose a new folder, or pass --overwrite' in err
     assert [p.name for p in out.iterdir()] == ['keep.txt']
-    r = run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', out, '--overwrite')
+    r = run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', out, '--overwrite', preexec_fn=lambda: os.umask(0o022))
     assert r.returncode == 0, r.stderr[-3000:]
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(out)
     assert not (out/'keep.txt').exists() and [p.name for p in tmp_path.iterdir()] == ['merged']   # no temporary left
-    umask = os.umask(0); os.umask(umask)
-    assert (out/'model.safetensors').stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (out/'model.safetensors').stat().st_mode & 0o777 == 0o644
 
 # Smaller faults
 def test_weights_get_the_users_umask(finished):
-    umask = os.umask(0); os.umask(umask)
     for f in ('final/model.safetensors', 'best/model.safetensors', 'checkpoints/step-4/model.safetensors'):
-        assert (finished/f).stat().st_mode & 0o777 == 0o666 & ~umask, f
+        assert (finished/f).stat().st_mode & 0o777 == 0o644, f   # umask 022: readable by a server running as another user
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_checkpoints_and_exits_non_zero_without_final(tmp_path, docs, sig):
