@@ -3,6 +3,7 @@ from the command line as a user would. Each test asserts the message and that no
 import hashlib, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
+from llm_nb.cli import main
 from helpers import tiny_corpus, tiny_overrides, run_cli
 
 def tree_hash(folder) -> dict:
@@ -33,36 +34,41 @@ def run_copy(finished, tmp_path):
     return out
 
 def failed(r) -> str:
-    "The one-line error of a refused command (and no traceback)."
+    "The one-line error of a command refused in a subprocess (and no traceback)."
     assert r.returncode == 1, (r.returncode, r.stdout[-2000:], r.stderr[-3000:])
     assert 'Traceback' not in r.stderr, r.stderr[-3000:]
     return r.stderr
 
+def refused(*argv) -> str:
+    "The error `llm_nb ARGV` exits with, run in this process (the command line's own entry point, without the start-up cost)."
+    with pytest.raises(SystemExit) as e: main([str(a) for a in argv])
+    assert isinstance(e.value.code, str), e.value.code
+    return e.value.code
+
 # 1. A second run into an existing output folder
 def test_second_run_into_a_finished_folder_is_refused(run_copy, docs):
     before = tree_hash(run_copy)
-    err = failed(run_cli('train', *args(run_copy, docs, **{'model.d_model': 32})))
+    err = refused('train', *args(run_copy, docs, **{'model.d_model': 32}))
     assert (f"{run_copy} holds another run's results (final, best, checkpoints, training_config.json, loss_history.json); "
             "refusing to overwrite them") in err
     assert 'training.resume_from=latest' in err and 'new output_dir' in err and 'training.overwrite_output_dir=true' in err
     assert tree_hash(run_copy) == before
 
-def test_overwrite_output_dir_starts_over(run_copy, docs):
+def test_overwrite_output_dir_starts_over(run_copy, docs, capsys):
     (run_copy/'notes.txt').write_text('the user keeps notes here')
     before = tree_hash(run_copy)   # a new config with a typo fails before anything of the old run is deleted
-    err = failed(run_cli('train', *args(run_copy, docs, **{'data.train_file': docs/'typo.txt', 'training.overwrite_output_dir': 'true'})))
+    err = refused('train', *args(run_copy, docs, **{'data.train_file': docs/'typo.txt', 'training.overwrite_output_dir': 'true'}))
     assert 'data file not found' in err and tree_hash(run_copy) == before
-    r = run_cli('train', *args(run_copy, docs, steps=2, **{'model.d_model': 32, 'training.overwrite_output_dir': 'true'}))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "training.overwrite_output_dir=true: deleted the previous run's final, best, checkpoints" in r.stdout
+    main(['train', *args(run_copy, docs, steps=2, **{'model.d_model': 32, 'training.overwrite_output_dir': 'true'})])
+    assert "training.overwrite_output_dir=true: deleted the previous run's final, best, checkpoints" in capsys.readouterr().out
     assert sorted(p.name for p in (run_copy/'checkpoints').iterdir()) == ['step-2']   # the old run's step-4 is gone
     assert json.loads((run_copy/'final'/'config.json').read_text())['n_embd'] == 32
     assert (run_copy/'notes.txt').read_text() == 'the user keeps notes here'               # not a run's output
 
 def test_resume_latest_under_another_architecture_is_refused(run_copy, docs):
     before = tree_hash(run_copy)
-    err = failed(run_cli('train', *args(run_copy, docs, steps=6, **{'model.d_model': 32, 'tokenizer.vocab_size': 512,
-                                                                       'training.resume_from': 'latest'})))
+    err = refused('train', *args(run_copy, docs, steps=6, **{'model.d_model': 32, 'tokenizer.vocab_size': 512,
+                                                             'training.resume_from': 'latest'}))
     assert f"cannot resume {run_copy/'checkpoints'/'step-4'}: these settings differ" in err
     assert 'model.d_model: 64 → 32' in err and 'tokenizer.vocab_size: 1024 → 512' in err
     assert tree_hash(run_copy) == before
@@ -75,7 +81,7 @@ def test_resume_latest_under_another_architecture_is_refused(run_copy, docs):
     OutputDirLock(run_copy).acquire().release()
 
 # 2. Two runs at once
-def test_a_running_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tmp_path, docs):
+def test_a_running_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tmp_path, docs, capsys):
     out = tmp_path/'out'
     a = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *args(out, docs, steps=100000, **{'training.save_steps': 3})],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -84,27 +90,27 @@ def test_a_running_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tmp_path,
         while not list((out/'checkpoints').glob('step-*')) and a.poll() is None and time.time() < deadline: time.sleep(0.2)
         assert a.poll() is None, a.stderr.read()[-3000:]
         before = (out/'training_config.json').read_bytes()
-        err = failed(run_cli('train', *args(out, docs, **{'training.resume_from': 'latest'})))
+        err = refused('train', *args(out, docs, **{'training.resume_from': 'latest'}))   # flock: a second holder, even in this process, is refused
         assert f"{out} is in use by another run (pid {a.pid} on " in err and 'choose another output_dir' in err
         assert a.poll() is None                                     # the running run goes on
         assert (out/'training_config.json').read_bytes() == before    # the refused run wrote nothing (the running one rotates its own checkpoints)
     finally:
         a.kill(); a.wait()
     step = max(json.loads((p/'trainer_state.json').read_text())['state']['step'] for p in (out/'checkpoints').glob('step-*'))
-    r = run_cli('train', *args(out, docs, steps=step + 2, **{'training.save_steps': 3, 'training.resume_from': 'latest'}))
-    assert r.returncode == 0, r.stderr[-3000:]                      # the dead run's lock went with it
-    assert f'at step {step} ' in r.stdout and 'training.max_steps: 100000 → ' in r.stdout
+    main(['train', *args(out, docs, steps=step + 2, **{'training.save_steps': 3, 'training.resume_from': 'latest'})])  # the dead run's lock went with it
+    stdout = capsys.readouterr().out
+    assert f'at step {step} ' in stdout and 'training.max_steps: 100000 → ' in stdout
 
 # 4. Resume with a changed configuration
-def test_resume_with_a_new_batch_size_continues_at_the_next_unseen_sample(run_copy, docs):
+def test_resume_with_a_new_batch_size_continues_at_the_next_unseen_sample(run_copy, docs, capsys):
     # the finished run trained 4 steps of 16 blocks; from scratch at 8 blocks a step, one epoch is n // 8 steps (the last
     # partial batch is dropped), of which the 64 blocks already seen are 8: the resumed run ends the epoch at 4 + n // 8 - 8
-    r = run_cli('train', *args(run_copy, docs, steps=-1, **{'training.per_device_train_batch_size': 8, 'training.resume_from': 'latest',
-                                                           'training.learning_rate': 1e-3}))
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert 'training.per_device_train_batch_size: 16 → 8' in r.stdout and 'training.learning_rate: 0.003 → 0.001' in r.stdout
-    assert f"Resumed from {run_copy/'checkpoints'/'step-4'} at step 4 (sample 64 of epoch 0" in r.stdout
-    n_blocks = int(r.stdout.split('Data: ')[1].split(' train blocks')[0])
+    main(['train', *args(run_copy, docs, steps=-1, **{'training.per_device_train_batch_size': 8, 'training.resume_from': 'latest',
+                                                     'training.learning_rate': 1e-3})])
+    out = capsys.readouterr().out
+    assert 'training.per_device_train_batch_size: 16 → 8' in out and 'training.learning_rate: 0.003 → 0.001' in out
+    assert f"Resumed from {run_copy/'checkpoints'/'step-4'} at step 4 (sample 64 of epoch 0" in out
+    n_blocks = int(out.split('Data: ')[1].split(' train blocks')[0])
     hist = json.loads((run_copy/'loss_history.json').read_text())
     assert hist[-1]['step'] == 4 + n_blocks // 8 - 8, (n_blocks, hist[-1])
     assert hist[-1]['learning_rate'] < 1e-3 * 0.01             # cosine to the end of the new length, from the new peak
@@ -116,14 +122,13 @@ def test_resume_from_an_unreadable_checkpoint_names_the_file(run_copy, docs):
     manifest['model.safetensors'] = dict(size=3, sha256=hashlib.sha256(b'abc').hexdigest())
     (ck/'manifest.json').write_text(json.dumps(manifest))
     before = tree_hash(run_copy)
-    err = failed(run_cli('train', *args(run_copy, docs, steps=6, **{'training.resume_from': 'latest'})))
+    err = refused('train', *args(run_copy, docs, steps=6, **{'training.resume_from': 'latest'}))
     assert f"{ck/'model.safetensors'}: cannot load into this model (SafetensorError" in err
     assert tree_hash(run_copy) == before
 
 def test_resuming_a_finished_run_keeps_one_record_per_step(run_copy, docs):
     before = json.loads((run_copy/'loss_history.json').read_text())
-    r = run_cli('train', *args(run_copy, docs, **{'training.resume_from': 'latest'}))
-    assert r.returncode == 0, r.stderr[-3000:]
+    main(['train', *args(run_copy, docs, **{'training.resume_from': 'latest'})])
     after = json.loads((run_copy/'loss_history.json').read_text())
     assert [h['step'] for h in after] == [h['step'] for h in before] == sorted({h['step'] for h in before})
     assert after == before
@@ -146,13 +151,13 @@ def adapter(tmp_path_factory):
 @pytest.mark.parametrize('target', ['base', 'adapter', 'adapter/merged', '.'])
 def test_merge_lora_never_writes_into_its_inputs(adapter, target):
     before = tree_hash(adapter)
-    err = failed(run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', adapter/target, '--overwrite'))
+    err = refused('merge-lora', '--adapter', adapter/'adapter', '--output', adapter/target, '--overwrite')
     assert 'the input' in err and 'choose a new folder' in err
     assert tree_hash(adapter) == before
 
 def test_merge_lora_refuses_a_non_empty_folder_unless_told(adapter, tmp_path):
     out = tmp_path/'merged'; out.mkdir(); (out/'keep.txt').write_text('mine')
-    err = failed(run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', out))
+    err = refused('merge-lora', '--adapter', adapter/'adapter', '--output', out)
     assert f'{out} exists and is not empty; choose a new folder, or pass --overwrite' in err
     assert [p.name for p in out.iterdir()] == ['keep.txt']
     r = run_cli('merge-lora', '--adapter', adapter/'adapter', '--output', out, '--overwrite', preexec_fn=lambda: os.umask(0o022))
@@ -168,7 +173,7 @@ def test_weights_get_the_users_umask(finished):
         assert (finished/f).stat().st_mode & 0o777 == 0o644, f   # umask 022: readable by a server running as another user
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_checkpoints_and_exits_non_zero_without_final(tmp_path, docs, sig):
+def test_a_signal_checkpoints_and_exits_non_zero_without_final(tmp_path, docs, sig, capsys):
     out = tmp_path/'out'
     p = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *args(out, docs, steps=100000, **{'training.save_steps': 100000})],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -181,18 +186,16 @@ def test_a_signal_checkpoints_and_exits_non_zero_without_final(tmp_path, docs, s
     assert (out/'checkpoints'/'interrupted'/'model.safetensors').exists() and not (out/'final').exists()
     if sig == signal.SIGTERM:   # and the interrupted run continues where it stopped
         step = json.loads((out/'checkpoints'/'interrupted'/'trainer_state.json').read_text())['state']['step']
-        r = run_cli('train', *args(out, docs, steps=step + 2, **{'training.resume_from': 'latest'}))
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert f"Resumed from {out/'checkpoints'/'interrupted'} at step {step} " in r.stdout and (out/'final').exists()
+        main(['train', *args(out, docs, steps=step + 2, **{'training.resume_from': 'latest'})])
+        assert f"Resumed from {out/'checkpoints'/'interrupted'} at step {step} " in capsys.readouterr().out and (out/'final').exists()
 
 # 5. Generation past the context; a pickle-only model folder
 def test_generate_fits_the_context_and_refuses_an_empty_prompt(finished):
     long = ' '.join(['Fellow citizens of the Senate and House of Representatives.'] * 30)
-    r = run_cli('generate', '--model_path', finished/'final', '--prompt', long, '--max_new_tokens', '100', '--temperature', '0')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "to fit the model's context of 64 tokens" in r.stderr and r.stdout.strip()
-    assert "llm_nb generate: error: the prompt is empty: give some text to continue" in failed(
-        run_cli('generate', '--model_path', finished/'final', '--prompt', ''))
+    with pytest.warns(UserWarning, match="to fit the model's context of 64 tokens"):
+        main(['generate', '--model_path', str(finished/'final'), '--prompt', long, '--max_new_tokens', '100', '--temperature', '0'])
+    assert refused('generate', '--model_path', finished/'final', '--prompt', '') == \
+        "llm_nb generate: error: the prompt is empty: give some text to continue"
 
 def test_a_pickle_only_model_folder_is_refused_with_the_reason(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -203,7 +206,7 @@ def test_a_pickle_only_model_folder_is_refused_with_the_reason(tmp_path):
     m.config.save_pretrained(d); tok.save_pretrained(d); torch.save(m.state_dict(), d/'pytorch_model.bin')
     before = tree_hash(d)
     for cmd in (['evaluate', '--model_path', d], ['generate', '--model_path', d, '--prompt', 'hello']):
-        err = failed(run_cli(*cmd))
+        err = refused(*cmd)
         assert f"{d}: holds only pickle weights (pytorch_model.bin); llm_nb loads safetensors only, because unpickling" in err
         assert 'weights_only=False' not in err
     assert tree_hash(d) == before
@@ -220,10 +223,9 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_ends_the_run_with_one_message_and_the_last_checkpoint_intact(small_disk, docs):
     out = small_disk/'out'
-    r = run_cli('train', *args(out, docs, steps=6, **{'training.eval_steps': 100}))
-    err = failed(r)
-    lines = [l for l in err.splitlines() if l.startswith('llm_nb train: error')]
-    assert len(lines) == 1, err[-3000:]
+    err = refused('train', *args(out, docs, steps=6, **{'training.eval_steps': 100}))
+    lines = err.splitlines()
+    assert len(lines) == 1, err
     assert f"llm_nb train: error: no space left on the device writing {out/'checkpoints'/'step-4'}: it needs about " in lines[0]
     assert f"The last checkpoint, {out/'checkpoints'/'step-2'} (step 2), is intact (verified)" in lines[0]
     assert 'training.resume_from=latest' in lines[0]
