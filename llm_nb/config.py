@@ -12,10 +12,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['REPORTERS', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
-           'LoraConfig', 'DPOConfig', 'LoggingConfig', 'NotificationsConfig', 'Config', 'ConfigError', 'coerce',
-           'from_dict', 'apply_override', 'read_utf8', 'read_config_file', 'apply_ablation', 'load_config',
-           'check_combinations', 'config_to_dict', 'save_config']
+__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
+           'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig', 'EvaluationConfig',
+           'NotificationsConfig', 'Config', 'ConfigError', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
+           'read_config_file', 'apply_ablation', 'load_config', 'check_combinations', 'config_to_dict', 'save_config']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 def choice(default, options):
@@ -60,6 +60,17 @@ class DataConfig:
     packing: bool = True
 
 # %% ../nbs/00_config.ipynb #80626da6
+STRATEGIES = ('steps', 'epoch', 'no')
+
+SCHEDULER_KWARGS = {  # every lr_scheduler_type, and the lr_scheduler_kwargs it takes with their rules
+    'linear': {}, 'constant': {}, 'constant_with_warmup': {},
+    'cosine': {'num_cycles': '>0'},               # waves of the cosine after warmup; 0.5 = one half-wave down to 0
+    'cosine_with_restarts': {'num_cycles': '>0'}, # hard restarts to the peak: num_cycles cosine decays
+    'polynomial': {'power': '>0', 'lr_end': '>=0'},
+    'cosine_with_min_lr': {'num_cycles': '>0', 'min_lr_rate': '[0,1]', 'min_lr': '>=0'},
+    'warmup_stable_decay': {'decay_ratio': '[0,1]', 'min_lr_ratio': '[0,1]', 'decay_type': ('linear', 'cosine', '1-sqrt')},
+}
+
 @dataclass
 class TrainingConfig:
     "The optimisation loop: length, batch, optimizer, schedule, evaluation, saving and techniques."
@@ -74,12 +85,14 @@ class TrainingConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1.0e-8
-    lr_scheduler_type: str = choice('cosine', ['linear', 'cosine', 'cosine_with_restarts', 'constant',
-                                               'constant_with_warmup', 'polynomial'])
+    lr_scheduler_type: str = choice('cosine', SCHEDULER_KWARGS)
+    lr_scheduler_kwargs: dict = field(default_factory=dict)  # the schedule's own settings (HF's name): see SCHEDULER_KWARGS
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     mixed_precision: str = choice('auto', ['auto', 'no', 'bf16', 'fp16'])
+    eval_strategy: str = choice('steps', STRATEGIES)  # evaluate every eval_steps, at every epoch end, or never (HF's name)
+    save_strategy: str = choice('steps', STRATEGIES)  # checkpoint every save_steps, at every epoch end, or never (HF's name)
     eval_steps: int = 500
     save_steps: int = 1000
     logging_steps: int = 100
@@ -101,6 +114,8 @@ class TrainingConfig:
     cpu_offload_fraction: float = 0.5
     ablation_mode: bool = False  # turn every optional technique off
     compile: bool = False
+    dataloader_num_workers: int = 0     # worker processes that collate batches (HF's name)
+    dataloader_pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies; no effect without a GPU (HF's name)
     sample_prompts: list|None = None  # prompts to sample continuations of during training (shown and saved to samples.jsonl)
     sample_every_steps: int = 0       # 0 = never
     sample_max_new_tokens: int = 40
@@ -160,6 +175,14 @@ def _alerts(): return dict(perplexity_max=50, token_accuracy_min=0.5, kl_max=1.0
                            grad_clip_ratio_max=0.8, learning_rate_min=1.0e-8)
 
 @dataclass
+class EvaluationConfig:
+    "What evaluation measures besides the loss: generation metrics on a prompt/reference file."
+    generation_file: str|None = None   # .jsonl/.json rows with `prompt` and `reference`: eval_bleu, eval_rouge1/2/L at each evaluation
+    generation_max_new_tokens: int = 64
+    generation_batch_size: int = 8
+    bertscore_model: str|None = None   # local folder of an HF encoder: adds eval_bertscore_* (needs `pip install bert-score`)
+
+@dataclass
 class NotificationsConfig:
     "E-mail reports; SMTP settings come from `LLM_NB_SMTP_*` environment variables, never from here."
     email_to: str|None = None
@@ -181,6 +204,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
 
 # %% ../nbs/00_config.ipynb #54175354
