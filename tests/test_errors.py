@@ -27,9 +27,28 @@ def test_bad_choice():
 def test_config_file_errors(tmp_path):
     assert 'config file not found' in exit_message(['train', '--config', str(tmp_path/'nope.yaml')])
     bad = tmp_path/'bad.yaml'; bad.write_text('training: [1, 2\n')
-    assert f'{bad}: cannot parse' in exit_message(['train', '--config', str(bad)])
+    assert f'{bad}, line 2: cannot parse YAML' in exit_message(['train', '--config', str(bad)])
     j = tmp_path/'c.json'; j.write_text(json.dumps({'training': {'max_steps': '5x'}}))
     assert 'training.max_steps: expected int' in exit_message(['train', '--config', str(j)])
+
+@pytest.mark.parametrize('override,message', [
+    ('model.max_length=0', 'model.max_length=0: must be >= 2'), ('training.learning_rate=-1', 'training.learning_rate=-1.0: must be >= 0'),
+    ('data.validation_split=1.5', 'data.validation_split=1.5: must be in [0, 1)'), ('model.num_heads=0', 'model.num_heads=0: must be > 0'),
+    ('training.gradient_accumulation_steps=0', 'training.gradient_accumulation_steps=0: must be > 0'),
+    ('tokenizer.vocab_size=1', 'tokenizer.vocab_size=1: must be >= 258'),
+    ('training.metric_for_best_model=bleu', "training.metric_for_best_model='bleu': not a metric this run evaluates")])
+def test_bad_values_refused_before_any_work(tmp_path, override, message):
+    "A bad value stops the run before data is read or anything is written: the data file does not even exist."
+    out = tmp_path/'run'
+    err = exit_message(['train', f'output_dir={out}', f'data.train_file={tmp_path}/not_there.jsonl', override])
+    assert message in err and 'not_there' not in err
+    assert not out.exists()
+
+def test_config_file_error_names_line(tmp_path):
+    bad = tmp_path/'bad.yaml'; bad.write_text('training:\n  max_steps: 5\n  learning_rate: [1e-3\nmodel:\n  d_model: 64\n')
+    assert f'{bad}, line 4: cannot parse YAML' in exit_message(['train', '--config', str(bad)])
+    j = tmp_path/'nan.json'; j.write_text('{"training": {"max_grad_norm": NaN}}')
+    assert 'training.max_grad_norm=nan: must be a finite number' in exit_message(['train', '--config', str(j)])
 
 def test_missing_data_file(tmp_path):
     assert f'data file not found: {tmp_path}/none.jsonl' in exit_message(['train', f'data.train_file={tmp_path}/none.jsonl'])
