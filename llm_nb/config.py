@@ -417,10 +417,28 @@ def _check_dpo(cfg:Config):
         raise ConfigError(f'dpo.max_prompt_length={cfg.dpo.max_prompt_length} must be below dpo.max_length={cfg.dpo.max_length} '
                           '(the rest of the length is the completion)')
 
+# %% ../nbs/00_config.ipynb #f6a96a99
+def _check_sampling(cfg:Config):
+    "Sampling switches that need a data column or another switch."
+    s, d = cfg.sampling, cfg.data
+    if s.use_quality_weighting and not d.quality_field:
+        raise ConfigError('sampling.use_quality_weighting=true needs data.quality_field (the column with scores in [0, 1])')
+    if s.use_domain_stratified and not d.domain_field:
+        raise ConfigError("sampling.use_domain_stratified=true needs data.domain_field (the column naming each sample's domain)")
+    if s.domain_weights is not None:
+        if not s.use_domain_stratified: raise ConfigError('sampling.domain_weights is set but sampling.use_domain_stratified is false')
+        for k, w in s.domain_weights.items(): check_rule(w, '>=0', f'sampling.domain_weights.{k}')
+        if not sum(s.domain_weights.values()): raise ConfigError('sampling.domain_weights: every weight is 0')
+    if s.use_length_curriculum:
+        if not d.packing: raise ConfigError('sampling.use_length_curriculum needs data.packing=true: padded, unpacked blocks cannot be cut into shorter rows')
+        if not s.start_length <= s.end_length <= cfg.model.max_length:
+            raise ConfigError(f'sampling.use_length_curriculum needs sampling.start_length ({s.start_length}) <= sampling.end_length '
+                              f'({s.end_length}) <= model.max_length ({cfg.model.max_length})')
+
 # %% ../nbs/00_config.ipynb #de21e5aa
 def check_combinations(cfg:Config):
     "Raise `ConfigError` naming the keys of settings that cannot work together."
-    m, t, s = cfg.model, cfg.training, cfg.sampling
+    m, t = cfg.model, cfg.training
     _check_model(m)
     if (m.load_in_4bit or m.load_in_8bit) and not (cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)):
         raise ConfigError(f'model.load_in_4bit/load_in_8bit with training_type={cfg.training_type}: k-bit weights cannot be '
@@ -431,9 +449,7 @@ def check_combinations(cfg:Config):
         if not isinstance(p, str) or not p:
             raise ConfigError(f"training.sample_prompts[{i}]: expected a non-empty string to continue, got {p!r}")
     _check_schedule(t)
-    if s.use_length_curriculum and not s.start_length <= s.end_length <= m.max_length:
-        raise ConfigError(f'sampling.use_length_curriculum needs sampling.start_length ({s.start_length}) <= sampling.end_length '
-                          f'({s.end_length}) <= model.max_length ({m.max_length})')
+    _check_sampling(cfg)
     if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
         raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')
     _check_dpo(cfg)
