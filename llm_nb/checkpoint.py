@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np, torch
 from safetensors.torch import save_model, load_model, load_file
 from .lora import is_peft, save_adapter_state, load_adapter_state
-from .loop import Callback, CancelFit, TrainState
+from .config import STRATEGIES
+from .loop import Callback, CancelFit, TrainState, finished_epoch
 
 # %% auto #0
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
@@ -177,7 +178,9 @@ def save_checkpoint(learn, path, config:dict|None=None, tok=None):
         if learn.acc.scaler is not None: extra['scaler'] = learn.acc.scaler.state_dict()
         torch.save(extra, tmp/'state.pt')
         if tok is not None: tok.save_pretrained(tmp/'tokenizer')
-        meta = dict(state=asdict(learn.state), history=learn.history + ([learn.record] if learn.record else []),
+        hist, rec = learn.history, learn.record   # the record not yet written out: its step's, or (after an epoch evaluation) one more
+        if rec: hist = hist[:-1] + [{**hist[-1], **rec}] if hist and hist[-1]['step'] == rec['step'] else hist + [rec]
+        meta = dict(state=asdict(learn.state), history=hist,
                     max_steps=learn.max_steps, callbacks={type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()},
                     config=config, num_processes=learn.acc.num_processes, versions=_versions())
         (tmp/'trainer_state.json').write_text(json.dumps(meta, indent=1))
@@ -246,6 +249,18 @@ def latest_checkpoint(folder):
 class OutputDirError(CheckpointError):
     "An output folder that holds another run's results, or that another run is using; the message says what to do."
 
+_HELD_LOCKS = set()  # descriptors of the output-folder locks this process holds
+
+def _drop_locks_in_child():
+    """A forked child (a DataLoader worker) points its copies at /dev/null: the lock must die with the run, not with its
+    last worker (a `flock` lives while any copy of its descriptor is open). Not `close`: the number must not be reused."""
+    if not _HELD_LOCKS: return
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in _HELD_LOCKS: os.dup2(null, fd)
+    os.close(null); _HELD_LOCKS.clear()
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
 class OutputDirLock:
     "Exclusive use of a run's output folder while the run lives: `flock` on `<out>/.llm_nb.lock`, released at any exit."
     def __init__(self, out): self.out, self.file = Path(out), None
@@ -263,10 +278,11 @@ class OutputDirLock:
             return self
         f.seek(0); f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"); f.flush()
-        self.file = f
+        self.file = f; _HELD_LOCKS.add(f.fileno())
         return self
     def release(self):
-        if self.file is not None: fcntl.flock(self.file, fcntl.LOCK_UN); self.file.close(); self.file = None
+        if self.file is not None:
+            _HELD_LOCKS.discard(self.file.fileno()); fcntl.flock(self.file, fcntl.LOCK_UN); self.file.close(); self.file = None
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
@@ -356,11 +372,13 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
 
 # %% ../nbs/09_checkpointing.ipynb #04c03b3b
 class CheckpointCB(Callback):
-    "Periodic, end-of-epoch, time-limit and on-signal checkpoints under `<output_dir>/checkpoints`."
+    "Checkpoints under `<output_dir>/checkpoints`: periodic by `strategy` (`steps`, `epoch` or `no`), at the time limit and on a signal."
     order = 200
-    def __init__(self, output_dir, save_steps:int=1000, save_total_limit:int=3, config:dict|None=None, tok=None, handle_signals=True):
+    def __init__(self, output_dir, save_steps:int=1000, save_total_limit:int=3, config:dict|None=None, tok=None, handle_signals=True,
+                 strategy:str='steps'):
+        if strategy not in STRATEGIES: raise ValueError(f"training.save_strategy={strategy!r}: must be one of {', '.join(STRATEGIES)}")
         self.dir, self.save_steps, self.limit, self.config, self.tok = Path(output_dir)/'checkpoints', save_steps, save_total_limit, config, tok
-        self.handle_signals, self.signal = handle_signals, None
+        self.handle_signals, self.signal, self.strategy = handle_signals, None, strategy
     def save(self, learn, name):
         if learn.acc.is_main_process: save_checkpoint(learn, self.dir/name, self.config, self.tok)
         learn.acc.wait_for_everyone()
@@ -372,7 +390,7 @@ class CheckpointCB(Callback):
         for p in ckpts[:-self.limit]: shutil.rmtree(p, ignore_errors=True)
 
     def before_fit(self, learn):
-        self._old = {}
+        self._old, self.step0 = {}, learn.state.step
         if self.handle_signals and learn.acc.is_main_process:
             for s in (signal.SIGTERM, signal.SIGINT):
                 try: self._old[s] = signal.signal(s, self._on_signal)
@@ -388,9 +406,11 @@ class CheckpointCB(Callback):
             p = self.save(learn, 'interrupted')
             print(f"Saved {p}. Resume with: llm_nb train [same config] training.resume_from=latest", flush=True)
             raise CancelFit()
-        if self.save_steps > 0 and learn.state.step % self.save_steps == 0: self.save(learn, f'step-{learn.state.step}')
+        if self.strategy == 'steps' and self.save_steps > 0 and learn.state.step % self.save_steps == 0:
+            self.save(learn, f'step-{learn.state.step}')
     def after_epoch(self, learn):
-        if learn.state.batch_in_epoch == 0 and learn.state.step < learn.max_steps: self.save(learn, f'epoch-{learn.state.epoch}')
+        if self.strategy == 'no' or learn.state.step == self.step0: return   # nothing trained since the checkpoint this run resumed from
+        if ep := finished_epoch(learn): self.save(learn, f'epoch-{ep}')
     def after_fit(self, learn):
         for s, h in self._old.items(): signal.signal(s, h)
         if learn.stop_reason == 'time-limit': self.save(learn, 'time-limit')

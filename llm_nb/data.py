@@ -7,6 +7,7 @@ Docs: https://llm-nb.github.io/llm_nb/data.html.md"""
 # %% ../nbs/02_data.ipynb #921fb248
 from __future__ import annotations
 import hashlib, importlib.util, json, math, os
+from functools import partial
 from pathlib import Path
 import numpy as np, torch
 import datasets
@@ -233,18 +234,22 @@ def lm_datasets(splits:datasets.DatasetDict, tok, block_size:int, packing:bool=T
     return out
 
 def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1,
-                  sampler=None, with_index:bool=False):
+                  sampler=None, with_index:bool=False, **loader_kw):
     "A `DataLoader` over token blocks with `sampler` (default an `EpochSampler`, shuffled for training); `with_index` adds `index`/`domain`."
     if with_index:
         dom = blocks.meta.get('domain') if isinstance(blocks, Blocks) else None
-        ds, collate = IndexedBlocks(blocks), lambda b: collate_indexed(b, pad_id, dom)
-    else: ds, collate = blocks, lambda b: collate_lm(b, pad_id)
-    return epoch_loader(ds, batch_size, collate, train, seed, rank, world_size, sampler, what='blocks')
+        ds, collate = IndexedBlocks(blocks), partial(collate_indexed, pad_id=pad_id, domain=dom)
+    else: ds, collate = blocks, partial(collate_lm, pad_id=pad_id)
+    return epoch_loader(ds, batch_size, collate, train, seed, rank, world_size, sampler, what='blocks', **loader_kw)
 
-def epoch_loader(rows, batch_size:int, collate, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, sampler=None, what='rows'):
-    "The `DataLoader` every training type uses: `sampler` (default a resumable `EpochSampler`), whole batches when training."
+def epoch_loader(rows, batch_size:int, collate, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, sampler=None, what='rows',
+                 num_workers:int=0, pin_memory:bool=True):
+    """The `DataLoader` every training type uses: `sampler` (default a resumable `EpochSampler`), whole batches when training,
+    `num_workers` collating processes (kept for the whole run), page-locked batches when `pin_memory` and a GPU is there."""
+    if not isinstance(num_workers, int) or num_workers < 0: raise ValueError(f"training.dataloader_num_workers={num_workers!r}: must be an integer >= 0")
     sampler = sampler or EpochSampler(len(rows), seed, shuffle=train, rank=rank, world_size=world_size)
     if train and len(sampler) < batch_size:
         raise DataError(f"{len(rows)} training {what}: fewer than one batch of {batch_size}; lower the batch size or add data")
     return DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=train, generator=torch.Generator().manual_seed(seed),
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate, pin_memory=pin_memory and torch.cuda.is_available(),
+                      num_workers=num_workers, persistent_workers=num_workers > 0)

@@ -1,4 +1,4 @@
-"""The same `llm_nb train` on many processes through `accelerate launch`: DDP on CPUs or GPUs, FSDP, DeepSpeed ZeRO, several nodes.
+"""The same `llm_nb train` on many processes through `accelerate launch`: DDP on CPUs or GPUs, on one node or several. FSDP and DeepSpeed are refused: saving does not gather shards.
 
 Docs: https://llm-nb.github.io/llm_nb/distributed.html.md"""
 
@@ -7,9 +7,10 @@ Docs: https://llm-nb.github.io/llm_nb/distributed.html.md"""
 # %% ../nbs/10_distributed.ipynb #e380230a
 from __future__ import annotations
 import os, socket, sys
+from accelerate.utils import DistributedType
 
 # %% auto #0
-__all__ = ['free_port', 'launch_command']
+__all__ = ['SHARDED', 'free_port', 'launch_command', 'refuse_sharded']
 
 # %% ../nbs/10_distributed.ipynb #bd95e4e2
 def free_port() -> int:
@@ -26,3 +27,16 @@ def launch_command(num_processes:int, *args, cpu:bool=False, mixed_precision:str
     env = dict(os.environ)
     if cpu: env.update(ACCELERATE_USE_CPU='true', OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // num_processes)))
     return cmd, env
+
+# %% ../nbs/10_distributed.ipynb #ad787bcc
+SHARDED = {DistributedType.FSDP: 'FSDP', DistributedType.DEEPSPEED: 'DeepSpeed', DistributedType.MEGATRON_LM: 'Megatron-LM'}
+
+def refuse_sharded(acc):
+    "`acc`, unless it shards the model or optimizer state (FSDP, DeepSpeed, Megatron-LM), which llm_nb's saving does not gather."
+    if acc.distributed_type in SHARDED:
+        raise NotImplementedError(
+            f"accelerate is configured for {SHARDED[acc.distributed_type]}, which llm_nb does not support: checkpoints and final/ are "
+            "written by rank 0 from its own model and optimizer state, without gathering shards, so they would be wrong or fail. "
+            "Launch with DDP (configs/accelerate/ddp.yaml). For a model too large for one GPU, use LoRA/QLoRA (training_type=lora, "
+            "model.load_in_4bit=true), training.use_cpu_offload=true or model.gradient_checkpointing=true")
+    return acc

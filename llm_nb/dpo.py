@@ -7,6 +7,7 @@ Docs: https://llm-nb.github.io/llm_nb/dpo.html.md"""
 # %% ../nbs/07_dpo.ipynb #3c2bfdc5
 from __future__ import annotations
 import contextlib, copy, hashlib, json, math, os, warnings
+from functools import partial
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
@@ -161,9 +162,9 @@ def collate_dpo(rows, pad_id:int) -> dict:
         out['ref_rejected_logps'] = torch.tensor([r['ref_rejected_logps'] for r in rows], dtype=torch.float32)
     return out
 
-def dpo_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1):
-    "A `DataLoader` of pair batches over encoded rows with a resumable `EpochSampler` (shuffled for training)."
-    return epoch_loader(rows, batch_size, lambda b: collate_dpo(b, pad_id), train, seed, rank, world_size, what='pairs')
+def dpo_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, **loader_kw):
+    "A `DataLoader` of pair batches over encoded rows with a resumable `EpochSampler` (shuffled for training); `loader_kw`: `epoch_loader`'s workers and pinning."
+    return epoch_loader(rows, batch_size, partial(collate_dpo, pad_id=pad_id), train, seed, rank, world_size, what='pairs', **loader_kw)
 
 # %% ../nbs/07_dpo.ipynb #91cb1551
 LOSS_TYPES = ('sigmoid', 'hinge', 'ipo', 'robust')
@@ -349,12 +350,12 @@ class DPOTask:
 
 # %% ../nbs/07_dpo.ipynb #04d47224
 def dpo_metrics(sums:dict, prefix:str='') -> dict:
-    "Averages over pairs (and tokens, for `kl`) from summed metrics."
+    "Averages over pairs (and tokens, for `log_ratio_per_token`) from summed metrics."
     n = max(float(sums['pairs']), 1.0)
     m = {'rewards/chosen': sums['rewards_chosen'] / n, 'rewards/rejected': sums['rewards_rejected'] / n,
          'rewards/margins': (sums['rewards_chosen'] - sums['rewards_rejected']) / n, 'rewards/accuracies': sums['correct'] / n,
          'logps/chosen': sums['logps_chosen'] / n, 'logps/rejected': sums['logps_rejected'] / n,
-         'dpo_loss': sums['loss'] / n, 'kl': sums['logratio'] / max(float(sums['tokens']), 1.0)}
+         'dpo_loss': sums['loss'] / n, 'log_ratio_per_token': sums['logratio'] / max(float(sums['tokens']), 1.0)}
     for k in ('loss_clean', 'loss_flipped'):
         if k in sums: m[k] = sums[k] / n
     return {prefix + k: float(v) for k, v in m.items()}

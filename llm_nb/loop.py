@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 from .config import TrainingConfig
 
 # %% auto #0
-__all__ = ['FUSED_CE_MODEL_TYPES', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback', 'n_targets',
-           'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce', 'next_token_rows',
-           'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for', 'make_scheduler',
-           'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator', 'keep_freed_memory', 'TrainState',
-           'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB', 'EvalCB', 'TimeBudgetCB',
-           'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
+__all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback',
+           'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce',
+           'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
+           'WSDLambda', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator',
+           'keep_freed_memory', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
+           'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB',
+           'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -204,13 +205,41 @@ def make_optimizer(model, cfg:TrainingConfig):
                              eps=cfg.adam_epsilon, fused=fused or None, foreach=None if fused else True)
 
 # %% ../nbs/05_loop.ipynb #23139481
+SCHEDULER_DEFAULTS = {  # llm_nb's defaults where HF has none; every other kwarg defaults to HF's
+    'cosine_with_min_lr': dict(min_lr_rate=0.1),   # Chinchilla's decay to a tenth of the peak (HF insists on one of min_lr / min_lr_rate)
+    'warmup_stable_decay': dict(decay_ratio=0.2, min_lr_ratio=0.0, decay_type='1-sqrt'),  # Hägele et al. 2024; llm_nb's own schedule
+}
+
 def warmup_for(cfg:TrainingConfig, max_steps:int) -> int:
     "Warmup length in steps from `warmup_steps` or `warmup_ratio`."
     return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
 
+class WSDLambda:
+    "LR factor of warmup–stable–decay at a step: linear warmup from 0, the peak, then `decay_type` down to `min_lr_ratio` over `decay_steps`."
+    # LambdaLR checkpoints a lambda's `__dict__`: the shape (this run's config) lives in slots, and only a decay the time budget moved is saved
+    __slots__ = ('warmup', 'decay_start', 'decay_steps', 'decay_ratio', 'min_lr_ratio', 'decay_type', '__dict__')
+    def __init__(self, warmup:int, max_steps:int, decay_ratio:float, min_lr_ratio:float, decay_type:str):
+        self.decay_start = max(warmup, max_steps - round(decay_ratio * max_steps))   # the decay never eats into the warmup
+        self.warmup, self.decay_steps, self.decay_ratio = warmup, max_steps - self.decay_start, decay_ratio
+        self.min_lr_ratio, self.decay_type, self.moved = min_lr_ratio, decay_type, None
+    def start_decay(self, step:int, steps:int):
+        "Decay from `step` over `steps` steps instead (the time budget's call)."
+        self.moved = (step, steps)
+    def __call__(self, step:int) -> float:
+        if step < self.warmup: return step / self.warmup
+        start, n = self.moved or (self.decay_start, self.decay_steps)
+        if step < start: return 1.0
+        p = min(1.0, (step - start) / max(1, n))
+        f = {'linear': 1 - p, 'cosine': 0.5 * (1 + math.cos(math.pi * p)), '1-sqrt': 1 - math.sqrt(p)}[self.decay_type]
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * f
+
 def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
-    "The learning-rate schedule `cfg.lr_scheduler_type` over `max_steps` optimizer steps."
-    return get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup_for(cfg, max_steps), num_training_steps=max_steps)
+    "The learning-rate schedule `cfg.lr_scheduler_type`, shaped by `cfg.lr_scheduler_kwargs`, over `max_steps` optimizer steps."
+    kind, warmup = cfg.lr_scheduler_type, warmup_for(cfg, max_steps)
+    own = cfg.lr_scheduler_kwargs
+    kw = ({} if 'min_lr' in own else SCHEDULER_DEFAULTS.get(kind, {})) | own   # an absolute `min_lr` replaces the default ratio
+    if kind == 'warmup_stable_decay': return torch.optim.lr_scheduler.LambdaLR(opt, WSDLambda(warmup, max_steps, **kw))
+    return get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=max_steps, scheduler_specific_kwargs=kw)
 
 # %% ../nbs/05_loop.ipynb #84206f03
 def cpu_has_native_bf16() -> bool:
@@ -519,42 +548,66 @@ class NaNGuardCB(Callback):
         raise CancelStep()
 
 # %% ../nbs/05_loop.ipynb #39617518
+from .config import STRATEGIES
+
+def finished_epoch(learn) -> int|None:
+    "At `after_epoch`: the epoch (counting from 1) that has just ended, or None when `max_steps` or a stop cut it short."
+    st, dl = learn.state, learn.train_dl
+    if st.batch_in_epoch == 0: return st.epoch   # `fit` has moved on to the next epoch
+    start = getattr(getattr(dl, 'sampler', None), 'skip', 0) // (getattr(dl, 'batch_size', None) or 1)   # where a resumed pass began
+    done = st.batch_in_epoch - start >= len(dl) // learn.grad_accum * learn.grad_accum   # `max_steps` took the epoch's last step
+    return st.epoch + 1 if done else None
+
 class EvalCB(Callback):
-    "Run `learn.validate()` every `every` steps and at the end of training; log the results."
+    "Run `learn.validate()` every `every` steps (`strategy='steps'`), at every epoch end (`'epoch'`) or not during training (`'no'`), and at the end."
     order = 40
-    def __init__(self, every:int=500): self.every, self.last = every, -1
+    def __init__(self, every:int=500, strategy:str='steps'):
+        if strategy not in STRATEGIES: raise ValueError(f"training.eval_strategy={strategy!r}: must be one of {', '.join(STRATEGIES)}")
+        self.every, self.strategy, self.last = every, strategy, -1
     def state_dict(self): return dict(last=self.last)
     def load_state_dict(self, sd): self.last = sd['last']
     def _eval(self, learn):
+        if learn.valid_dl is None or self.last == learn.state.step: return
         learn.log(**learn.validate())
         self.last = learn.state.step
     def after_step(self, learn):
-        if learn.valid_dl is not None and learn.state.step % self.every == 0: self._eval(learn)
+        if self.strategy == 'steps' and learn.state.step % self.every == 0: self._eval(learn)
+    def after_epoch(self, learn):
+        if self.strategy == 'epoch' and finished_epoch(learn): self._eval(learn)
     def after_fit(self, learn):
-        if learn.valid_dl is None or self.last == learn.state.step or learn.state.step == 0: return
-        if learn.error is None and learn.stop_reason != 'interrupted': self._eval(learn)   # a pre-empted job may have seconds left
+        if learn.state.step == 0 or learn.error is not None or learn.stop_reason == 'interrupted': return   # a pre-empted job may have seconds left
+        self._eval(learn)
 
 # %% ../nbs/05_loop.ipynb #690bb603
 class TimeBudgetCB(Callback):
-    "Stop training after `hours` of training time (summed over resumes)."
+    "Stop training after `hours` of training time (summed over resumes); start a WSD schedule's decay in time."
     order = 90
     def __init__(self, hours:float, every:int=10): self.budget, self.every = hours * 3600, every
     def status(self, learn) -> str:
         "`Elapsed: X.XXh | Remaining: Y.YYh`."
         el = (time.time() - learn.t0) / 3600
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
-    def before_fit(self, learn): self.step0 = learn.state.step
+    def before_fit(self, learn): self.step0, self.el0 = learn.state.step, learn.state.elapsed
     def elapsed(self, learn) -> float:
         "Training seconds so far: rank 0's on every rank, so that all ranks stop at the same step."
         el = time.time() - learn.t0
         if learn.acc.num_processes == 1: return el   # no tensor, no device sync, in the one-process hot path
         return broadcast(torch.tensor([el], dtype=torch.float64, device=learn.acc.device)).item()
+    def decay_in_time(self, learn, el:float):
+        "Once the time left is `decay_ratio` of the budget, start a stable WSD schedule's decay over the steps that still fit."
+        f, step = next(iter(getattr(learn.sched, 'lr_lambdas', [])), None), learn.state.step
+        if not isinstance(f, WSDLambda) or f.moved or not f.warmup <= step < f.decay_start: return
+        if self.budget - el > f.decay_ratio * self.budget: return
+        pace = (el - self.el0) / (step - self.step0)   # seconds per step in this session
+        for g in learn.sched.lr_lambdas: g.start_decay(step, min(max(1, round((self.budget - el) / pace)), learn.max_steps - step))
     def after_step(self, learn):
         if learn.acc.num_processes > 1 and (learn.state.step - self.step0) % self.every: return   # one collective per `every` steps
-        if self.elapsed(learn) >= self.budget:
+        el = self.elapsed(learn)
+        if el >= self.budget:
             learn.stop_reason = 'time-limit'
             print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
+        self.decay_in_time(learn, el)
     def after_epoch(self, learn): print(self.status(learn))
 
 # %% ../nbs/05_loop.ipynb #81995abc
@@ -611,7 +664,7 @@ class HistoryCB(Callback):
 
 # %% ../nbs/05_loop.ipynb #f59d0e4d
 class TensorBoardCB(Callback):
-    "Every logged metric as a TensorBoard scalar in `<output_dir>/tensorboard`."
+    "Every logged metric, and `train_perplexity` (exp of the training loss), as a TensorBoard scalar in `<output_dir>/tensorboard`."
     order = 120
     def __init__(self, path): self.path, self.writer = Path(path)/'tensorboard', None
     def after_log(self, learn):
@@ -619,8 +672,10 @@ class TensorBoardCB(Callback):
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.path))
-        for k, v in learn.record.items():
-            if k != 'step' and isinstance(v, (int, float)): self.writer.add_scalar(k, v, learn.record['step'])
+        r = learn.record
+        if 'loss' in r: r = dict(r, train_perplexity=math.exp(min(r['loss'], 50)))   # as the perplexity plot draws it
+        for k, v in r.items():
+            if k != 'step' and isinstance(v, (int, float)): self.writer.add_scalar(k, v, r['step'])
     def after_fit(self, learn):
         if self.writer is not None: self.writer.close(); self.writer = None
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import functools, logging, math, os, re, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
-from .config import ConfigError
+from .config import ConfigError, EvaluationConfig
+from .data import DataError
 from .model import context_length, fit_to_context, flops_per_token
 from .loop import Callback
+from .sft import read_records
 
 # %% auto #0
 __all__ = ['logger', 'PEAK_FLOPS', 'ALERT_RULES', 'table_peak', 'measure_cpu_peak', 'peak_flops', 'MFUCB', 'gpu_utilization',
            'GPUUtilCB', 'domain_sums', 'metric_name', 'domain_metrics', 'DomainEvalTask', 'DomainEvalCB',
-           'per_domain_eval', 'generate_batch', 'bleu_rouge', 'bertscore', 'GenerationEvalCB', 'plot_metrics',
-           'PlotsCB', 'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
+           'per_domain_eval', 'generate_batch', 'bleu_rouge', 'read_generation_pairs', 'check_bertscore_model',
+           'bertscore_layer', 'bertscore', 'GenerationEvalCB', 'plot_metrics', 'PlotsCB', 'WandbCB', 'check_alerts',
+           'check_thresholds', 'AlertsCB']
 
 # %% ../nbs/08_metrics.ipynb #a2785140
 logger = logging.getLogger('llm_nb')
@@ -222,36 +225,53 @@ def bleu_rouge(predictions, references) -> dict:
     for k in ('rouge1', 'rouge2', 'rougeL'): out[k] = sum(s[k].fmeasure for s in scores) / len(scores)
     return out
 
-# %% ../nbs/08_metrics.ipynb #4f9f2c9b
-@torch.no_grad()
-def _embed(model, tok, texts, layer, device):
-    enc = tok(list(texts), return_tensors='pt', padding=True, truncation=True, return_special_tokens_mask=True)
-    special = enc.pop('special_tokens_mask').bool()
-    hs = model(**enc.to(device), output_hidden_states=True).hidden_states[layer]
-    keep = enc['attention_mask'].bool() & ~special.to(device)
-    return [F.normalize(h[m].float(), dim=-1) for h, m in zip(hs, keep)]
+# %% ../nbs/08_metrics.ipynb #ea49d69e
+def read_generation_pairs(path) -> tuple:
+    "`(prompts, references)` from a .jsonl/.json file of `{prompt, reference}` rows; errors name the file and the record."
+    rows = read_records(path, 'prompt/reference data')
+    if not rows: raise DataError(f"{path}: no prompt/reference rows")
+    for i, r in enumerate(rows, 1):
+        for k in ('prompt', 'reference'):
+            if not isinstance(r.get(k), str) or not r[k].strip():
+                got = 'missing' if k not in r else f"empty" if isinstance(r[k], str) else f"a {type(r[k]).__name__}, not a string"
+                raise DataError(f"{path}, record {i}: {k!r} is {got} (each row needs a non-empty 'prompt' and 'reference')")
+    return [r['prompt'] for r in rows], [r['reference'] for r in rows]
 
-def bertscore(predictions, references, model_path=None, layer:int=-1, batch_size:int=16, device='cpu') -> dict:
-    "Mean `bertscore_precision/_recall/_f1` with the encoder in local folder `model_path`; {} (and a message) without one."
+# %% ../nbs/08_metrics.ipynb #4f9f2c9b
+def _bert_score():
+    try: import bert_score
+    except ImportError: raise ImportError("BERTScore needs the bert-score package: pip install 'llm_nb[metrics]'") from None
+    return bert_score
+
+def check_bertscore_model(model_path) -> Path:
+    "`model_path` as a `Path` if it is a local model folder and `bert-score` is installed; else an error saying which is not."
+    p = Path(model_path)
+    if not (p/'config.json').is_file():
+        raise FileNotFoundError(f"bertscore_model {model_path}: not a local model folder (no config.json); "
+                                "BERTScore runs offline on a downloaded encoder folder, e.g. roberta-large")
+    _bert_score()
+    return p
+
+def bertscore_layer(model_path) -> int:
+    "The layer BERTScore reads: the package's tuned layer for a folder named after a model it knows, else the last."
+    from bert_score.utils import model2layers
+    p = '/' + Path(model_path).resolve().as_posix().strip('/')
+    known = [k for k in model2layers if p.endswith('/' + k)]
+    if known: return model2layers[max(known, key=len)]
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(model_path).num_hidden_layers
+
+def bertscore(predictions, references, model_path, num_layers:int|None=None, batch_size:int=64, device=None) -> dict:
+    "Mean `bertscore_precision/_recall/_f1` from `bert_score.score` with the encoder in local folder `model_path`."
     _check_pairs(predictions, references)
-    if model_path is None:
-        print("BERTScore skipped: no local scoring model given (pass model_path=<folder of an HF encoder>)")
-        return {}
-    if not Path(model_path).is_dir(): raise FileNotFoundError(f"BERTScore model_path {model_path}: not a local model folder")
-    from transformers import AutoModel, AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModel.from_pretrained(model_path, local_files_only=True, use_safetensors=True).to(device).eval()
-    P, R = [], []
-    for i in range(0, len(predictions), batch_size):
-        cands = _embed(model, tok, predictions[i:i+batch_size], layer, device)
-        refs = _embed(model, tok, references[i:i+batch_size], layer, device)
-        for c, r in zip(cands, refs):
-            if not len(c) or not len(r): P.append(0.); R.append(0.); continue
-            sim = c @ r.T
-            P.append(sim.max(1).values.mean().item()); R.append(sim.max(0).values.mean().item())
-    F1 = [2*p*r/(p+r) if p+r > 0 else 0. for p, r in zip(P, R)]
-    mean = lambda xs: sum(xs) / len(xs)
-    return dict(bertscore_precision=mean(P), bertscore_recall=mean(R), bertscore_f1=mean(F1))
+    p = check_bertscore_model(model_path)
+    keep = [i for i, (c, r) in enumerate(zip(predictions, references)) if c.strip() and r.strip()]
+    prf = [torch.zeros(len(predictions))] * 3   # an empty text scores 0
+    if keep:
+        s = _bert_score().score([predictions[i] for i in keep], [references[i] for i in keep], model_type=str(p),
+                                num_layers=bertscore_layer(p) if num_layers is None else num_layers, batch_size=batch_size, device=device)
+        prf = [torch.zeros(len(predictions)).index_copy(0, torch.tensor(keep), x.float().cpu()) for x in s]
+    return {f'bertscore_{k}': x.mean().item() for k, x in zip(('precision', 'recall', 'f1'), prf)}
 
 # %% ../nbs/08_metrics.ipynb #aefb9411
 class GenerationEvalCB(Callback):
@@ -259,13 +279,22 @@ class GenerationEvalCB(Callback):
     order, side_task = 35, True
     def __init__(self, tok, prompts, references, max_new_tokens:int=64, batch_size:int=8, bertscore_model=None):
         _check_pairs(prompts, references)
+        if bertscore_model is not None: check_bertscore_model(bertscore_model)   # now, not at the first evaluation
         self.tok, self.prompts, self.refs, self.kw = tok, list(prompts), list(references), dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
         self.bertscore_model = bertscore_model
+
+    @classmethod
+    def from_config(cls, ev:EvaluationConfig, tok):
+        "The callback `evaluation.generation_file` asks for, its file read and checked now; None without one."
+        if not ev.generation_file: return None
+        return cls(tok, *read_generation_pairs(ev.generation_file), ev.generation_max_new_tokens, ev.generation_batch_size,
+                   ev.bertscore_model)
+
     def after_validate(self, learn):
         if not learn.acc.is_main_process: return
         preds = generate_batch(learn.raw_model, self.tok, self.prompts, **self.kw)
         m = bleu_rouge(preds, self.refs)
-        m.update(bertscore(preds, self.refs, self.bertscore_model, device=learn.acc.device) if self.bertscore_model else {})
+        if self.bertscore_model: m.update(bertscore(preds, self.refs, self.bertscore_model, device=learn.acc.device))
         learn.metrics.update({f'eval_{k}': v for k, v in m.items()})
 
 # %% ../nbs/08_metrics.ipynb #01537400

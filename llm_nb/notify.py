@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from .config import ConfigError
-from .loop import Callback, peak_memory_mb
+from .loop import Callback, finished_epoch, peak_memory_mb
 from .metrics import gpu_utilization
 
 # %% auto #0
@@ -174,11 +174,8 @@ class EmailNotifyCB(Callback):
         self._send(learn, 'training started', f"Training started.\n\n{_lines(head)}\n\nConfig:\n{_lines(flatten_config(self.config))}\n")
 
     def after_epoch(self, learn):
-        # the loop counts an epoch as done when its loader is exhausted; when max_steps ends it on its last batch the
-        # count is not advanced, and when max_steps ends it mid-epoch the epoch is not finished (no mail)
-        if learn.state.batch_in_epoch == 0: ep = learn.state.epoch
-        elif learn.state.batch_in_epoch >= learn.steps_per_epoch * learn.grad_accum: ep = learn.state.epoch + 1
-        else: return
+        ep = finished_epoch(learn)   # None: max_steps or a stop ended the epoch early (no mail)
+        if not ep or learn.state.step == self.step0: return   # nothing trained since the resume: the run before mailed this epoch
         m = latest_metrics(learn)
         n_ep = math.ceil(learn.max_steps / learn.steps_per_epoch)
         keys = ('loss', 'eval_loss', 'eval_perplexity', 'eval_token_accuracy')

@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/samplers.html.md"""
 
 # %% ../nbs/04_samplers.ipynb #d017d70b
 from __future__ import annotations
-import math
+import math, warnings
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import Sampler
 from .config import ConfigError, DataConfig, SamplingConfig
@@ -175,6 +175,26 @@ class DynamicCurriculumCB:
     order = 0
     def __init__(self, tracker:DynamicCurriculumTracker, sampler:TrainSampler|None=None, every:int=100):
         self.tracker, self.sampler, self.every = tracker, sampler, every
+    def _epochs(self, steps:int, accum:int) -> float:
+        "`steps` optimizer steps in (fractional) epochs of the sampler, whose epochs may differ in length."
+        e, at = 0, self.sampler.steps_in
+        while at(e + 1, accum) <= steps: e += 1
+        return e + (steps - at(e, accum)) / max(1, at(e + 1, accum) - at(e, accum))
+    def before_fit(self, learn):
+        "Refuse a run that ends before the warmup does: its weights would never be used."
+        s = self.sampler
+        if s is None or not s.dynamic_warmup: return
+        start = s.steps_in(s.dynamic_warmup, learn.grad_accum)
+        if learn.max_steps <= start:
+            raise ValueError(f"sampling.use_dynamic_curriculum: the loss-based weights start after sampling.dynamic_curriculum_warmup="
+                             f"{s.dynamic_warmup} epoch(s) (step {start}), but this run is {learn.max_steps} steps = "
+                             f"{self._epochs(learn.max_steps, learn.grad_accum):.2f} epochs (training.max_steps / num_train_epochs), so "
+                             "they would never be used; lower dynamic_curriculum_warmup or train longer")
+    def after_fit(self, learn):
+        s = self.sampler
+        if s is not None and learn.state.epoch < s.dynamic_warmup and learn.state.step and learn.error is None and learn.stop_reason != 'interrupted':
+            warnings.warn(f"sampling.use_dynamic_curriculum: the run stopped ({learn.stop_reason or 'finished'}) at step {learn.state.step}, "
+                          f"epoch {learn.state.epoch}, before the warmup of {s.dynamic_warmup} epoch(s) ended: the loss-based weights were never used")
     def after_loss(self, learn):
         losses, b = getattr(learn, 'sample_losses', None), getattr(learn, 'micro_batch', None)
         if losses is None or b is None or 'index' not in b:
@@ -226,27 +246,15 @@ class LengthCurriculumCB:
 
 # %% ../nbs/04_samplers.ipynb #a8834cac
 def block_fields(scfg:SamplingConfig, dcfg:DataConfig) -> dict:
-    "The `lm_datasets(meta_fields=, group_field=)` arguments the sampling config needs."
-    meta = []
-    if scfg.use_curriculum and scfg.curriculum_strategy == 'difficulty_field': meta.append(dcfg.difficulty_field)
-    if scfg.use_quality_weighting or dcfg.quality_field:
-        if not dcfg.quality_field: raise ConfigError("sampling.use_quality_weighting=true needs data.quality_field (the column with scores in [0, 1])")
-        meta.append(dcfg.quality_field)
-    if scfg.use_domain_stratified and not dcfg.domain_field:
-        raise ConfigError("sampling.use_domain_stratified=true needs data.domain_field (the column naming each sample's domain)")
+    "The `lm_datasets(meta_fields=, group_field=)` arguments the sampling config needs (`load_config` has checked the columns exist)."
+    meta = [dcfg.difficulty_field] if scfg.use_curriculum and scfg.curriculum_strategy == 'difficulty_field' else []
+    if dcfg.quality_field: meta.append(dcfg.quality_field)
     return dict(meta_fields=meta, group_field=dcfg.domain_field, unit_fields=[dcfg.quality_field] if dcfg.quality_field else [])
 
-def check_sampling(scfg:SamplingConfig, dcfg:DataConfig, block:int):
-    "Raise `ConfigError` naming the keys of a sampling setup that cannot work."
-    block_fields(scfg, dcfg)
-    if scfg.use_length_curriculum:
-        if not dcfg.packing: raise ConfigError("sampling.use_length_curriculum needs data.packing=true: padded, unpacked blocks cannot be cut into shorter rows")
-        if scfg.end_length > block: raise ConfigError(f"sampling.end_length={scfg.end_length} is longer than the context ({block}); raise model.max_length or lower end_length")
-        if scfg.start_length > scfg.end_length: raise ConfigError(f"sampling.start_length={scfg.start_length} > sampling.end_length={scfg.end_length}")
-    if scfg.use_curriculum and not 0 < scfg.curriculum_start_fraction <= 1:
-        raise ConfigError(f"sampling.curriculum_start_fraction={scfg.curriculum_start_fraction}: must be in (0, 1]")
-    if scfg.domain_weights is not None and not scfg.use_domain_stratified:
-        raise ConfigError("sampling.domain_weights is set but sampling.use_domain_stratified is false")
+def check_sampling(scfg:SamplingConfig, block:int):
+    "The one sampling rule `load_config` cannot check: the length curriculum must end inside the context the model really has."
+    if scfg.use_length_curriculum and scfg.end_length > block:
+        raise ConfigError(f"sampling.end_length={scfg.end_length} is longer than the context ({block}); raise model.max_length or lower end_length")
 
 def _domain_weights(scfg, names):
     if scfg.domain_weights is None: return None

@@ -7,6 +7,7 @@ Docs: https://llm-nb.github.io/llm_nb/sft.html.md"""
 # %% ../nbs/06a_sft.ipynb #1bef2e13
 from __future__ import annotations
 import html, math, random, warnings
+from functools import partial
 from pathlib import Path
 import torch
 from .config import DataConfig
@@ -256,6 +257,6 @@ def sft_datasets(splits:dict, tok, block_size:int, packing:bool=True) -> dict:
     enc = {k: encode_examples(v, tok, block_size) for k, v in splits.items()}
     return {k: pack_examples(v, block_size) if packing else v for k, v in enc.items()}
 
-def sft_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1):
-    "A `DataLoader` over SFT rows with an `EpochSampler` (shuffled for training)."
-    return epoch_loader(rows, batch_size, lambda b: collate_sft(b, pad_id), train, seed, rank, world_size, what='rows')
+def sft_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, **loader_kw):
+    "A `DataLoader` over SFT rows with an `EpochSampler` (shuffled for training); `loader_kw` go to `epoch_loader` (workers, pinning)."
+    return epoch_loader(rows, batch_size, partial(collate_sft, pad_id=pad_id), train, seed, rank, world_size, what='rows', **loader_kw)

@@ -55,9 +55,22 @@ class EMACB(Callback):
     @torch.no_grad()
     def _restore(self, learn, raw):
         for (_, p), r in zip(self._named(learn), raw): p.copy_(r)
+    def _last_update_at(self, learn) -> float:
+        "Where the run's last optimizer step falls, in epochs: the last point at which the warmup could end."
+        spe, n = learn.steps_per_epoch, max(1, len(learn.train_dl or []))
+        k = learn.max_steps - 1
+        return k // spe + (k % spe) * learn.grad_accum / n
     def before_fit(self, learn):
         self._resolve(learn)
         if self.raw is not None: self._restore(learn, self.raw); self.raw = None  # fit again: train the raw weights
+        if self.shadow is not None or learn.max_steps < 1: return
+        if self.start_step is not None:
+            if self.start_step >= learn.max_steps:
+                raise ValueError(f"EMACB(start_step={self.start_step}) never starts: the run ends after {learn.max_steps} steps")
+        elif self.warmup_epochs > 0 and learn.train_dl is not None and self._last_update_at(learn) < self.warmup_epochs:
+            raise ValueError(f"training.use_ema: the EMA starts after training.ema_warmup_epochs={self.warmup_epochs} epoch(s), but "
+                             f"this run is {learn.max_steps} steps = {learn.max_steps / learn.steps_per_epoch:.2f} epochs "
+                             f"(training.max_steps / num_train_epochs), so it would never start; lower ema_warmup_epochs or train longer")
     def before_validate(self, learn):
         self._resolve(learn)
         if self.shadow is not None: self.backup = self.swap_in(learn)
@@ -65,6 +78,9 @@ class EMACB(Callback):
         if self.backup is not None: self._restore(learn, self.backup); self.backup = None
     def after_fit(self, learn):
         if self.shadow is not None: self.raw = self.swap_in(learn)  # the final export uses the EMA weights
+        elif learn.state.step and learn.error is None and learn.stop_reason != 'interrupted':   # stopped early: time limit, early stopping
+            warnings.warn(f"training.use_ema: the run stopped ({learn.stop_reason or 'finished'}) at step {learn.state.step}, before the "
+                          f"EMA warmup ended; the final weights are the raw ones, not an average")
     def state_dict(self): return dict(n_updates=self.n_updates)
     def load_state_dict(self, sd): self.n_updates = sd['n_updates']
     def save_tensors(self, folder):
@@ -241,6 +257,7 @@ class EarlyStoppingCB(Callback):
             print(f"Early stopping at step {learn.state.step}: {self.metric} has not improved on {self.best:.4f} "
                   f"by more than {self.threshold} for {self.wait} evaluations.")
             raise CancelFit()
+    after_epoch = after_step   # an evaluation at an epoch's end stops the run there, after that epoch's checkpoint
 
 # %% ../nbs/05a_techniques.ipynb #583ed104
 def backbone(model):
@@ -261,9 +278,17 @@ def supcon_loss(z, labels, temperature:float=0.1) -> torch.Tensor:
 
 class AuxLossCB(Callback):
     "Add `weight` × `aux_loss(learn)` to every micro-batch loss and log the term as `name`. Subclass and override `aux_loss`."
-    order = 20
+    order, needs, hint = 20, (), ''   # `needs`: the batch keys `aux_loss` reads, checked before the first step
     def __init__(self, weight:float=0.1, name:str='aux_loss'): self.weight, self.name = weight, name
     def aux_loss(self, learn): raise NotImplementedError
+    def before_fit(self, learn):
+        "Collate one training sample and refuse, before any step, if a key in `needs` is missing."
+        ds = getattr(learn.train_dl, 'dataset', None)
+        if not self.needs or ds is None or not hasattr(ds, '__getitem__') or not len(ds): return
+        keys = learn.train_dl.collate_fn([ds[0]]).keys()
+        missing = [k for k in self.needs if k not in keys]
+        if missing: raise ValueError(f"{type(self).__name__} ({self.name}) needs batch key(s) {missing}{self.hint}; "
+                                     f"the training batches have {sorted(keys)}")
     def after_loss(self, learn):
         term = self.aux_loss(learn)
         if term is None: return
@@ -273,9 +298,12 @@ class AuxLossCB(Callback):
 
 class CodeContrastiveCB(AuxLossCB):
     "Seed 000's code/prose contrastive term on mean-pooled last hidden states; labels from `batch[key]`."
+    hint = " (per-sample domain labels: training.aux_contrastive_weight > 0 needs data.domain_field, the column naming each sample's domain)"
     def __init__(self, weight:float=0.1, temperature:float=0.1, key:str='domain', name:str='contrastive_loss'):
         super().__init__(weight, name); self.temperature, self.key, self.hidden, self.hook = temperature, key, None, None
+        self.needs = (key,)
     def before_fit(self, learn):
+        super().before_fit(learn)
         def grab(mod, inp, out): self.hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         self.hook = backbone(learn.raw_model).register_forward_hook(grab)
     def after_fit(self, learn):
@@ -332,10 +360,16 @@ class SampleGenerationCB(Callback):
 
 # %% ../nbs/05a_techniques.ipynb #e77968fa
 def technique_task(cfg:TrainingConfig, task=None):
-    "`task` (default `LMTask`) with `label_smoothing`, wrapped in `RDropTask` when `use_rdrop`."
-    if task is None: task = LMTask(0.0 if cfg.ablation_mode else cfg.label_smoothing)
-    elif not cfg.ablation_mode and cfg.label_smoothing: task.label_smoothing = cfg.label_smoothing
-    return RDropTask(task, cfg.rdrop_alpha) if cfg.use_rdrop and not cfg.ablation_mode else task
+    "`task` (default `LMTask`) with `label_smoothing`, wrapped in `RDropTask` when `use_rdrop`: both for token-level LM tasks only."
+    if task is None: task = LMTask()
+    if cfg.ablation_mode: return task
+    if not isinstance(task, LMTask):   # e.g. DPOTask: its own loss, its own smoothing (dpo.label_smoothing)
+        if cfg.use_rdrop: raise ValueError(f"training.use_rdrop works on token-level LM losses (pretraining, SFT), not {type(task).__name__}")
+        if cfg.label_smoothing: warnings.warn(f"training.label_smoothing={cfg.label_smoothing} is for token-level LM losses; "
+                                              f"{type(task).__name__} ignores it (DPO: use dpo.label_smoothing)")
+        return task
+    if cfg.label_smoothing: task.label_smoothing = cfg.label_smoothing
+    return RDropTask(task, cfg.rdrop_alpha) if cfg.use_rdrop else task
 
 def technique_callbacks(cfg:TrainingConfig, tok=None, output_dir=None) -> list:
     "The NaN guard plus the callbacks that `cfg` switches on (EMA, early stopping, sample generation, contrastive loss)."

@@ -239,8 +239,9 @@ def test_tiny_model_learns_demo_pairs():
     assert 'eval_perplexity' not in after and after['eval_rewards/margins'] > 0
     logged = [r for r in learn.history if 'rewards/accuracies' in r]
     assert [r['step'] for r in logged] == [5, 10, 15, 20, 25, 30]
-    for k in ('rewards/chosen', 'rewards/rejected', 'rewards/margins', 'logps/chosen', 'logps/rejected', 'kl', 'dpo_loss'):
+    for k in ('rewards/chosen', 'rewards/rejected', 'rewards/margins', 'logps/chosen', 'logps/rejected', 'log_ratio_per_token', 'dpo_loss'):
         assert k in logged[-1] and math.isfinite(logged[-1][k])
+    assert not any('kl' in r for r in learn.history)
 
 @pytest.mark.skipif(DATA.exists(), reason='the demo-pairs test covers this when the shared data is present')
 def test_tiny_model_learns_synthetic_pairs():
@@ -256,7 +257,57 @@ def test_metrics_callback_state_resumes():
                    tokens=torch.tensor(20.))
     cb2 = DPOMetricsCB(10); cb2.load_state_dict(json.loads(json.dumps(cb.state_dict())))
     m = dpo_metrics(cb2.sums)
-    assert m['rewards/margins'] == pytest.approx(0.2) and m['rewards/accuracies'] == 0.75 and m['kl'] == pytest.approx(0.05)
+    assert m['rewards/margins'] == pytest.approx(0.2) and m['rewards/accuracies'] == 0.75 and m['log_ratio_per_token'] == pytest.approx(1 / 20)
+
+def _seq_logps(model, prompt, completion):
+    "Log-probs of `completion`'s tokens after `prompt`, one unpadded sequence at a time (the reference computation)."
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad(): lp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return lp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), ids[0, len(prompt):]]
+
+def test_log_ratio_metric_is_named_for_what_it_is(tok):
+    "DPO logs the mean per-token log-ratio policy − reference as `log_ratio_per_token`, not `kl`, so R-Drop's `kl_max` alert stays quiet."
+    from llm_nb.metrics import AlertsCB
+    rows = encode_pairs(tok, pref_examples(plain_pairs()), None, None)
+    policy, ref = tiny(tok, 1), tiny(tok, 0)
+    learn = Learner(policy, dpo_dataloader(rows, len(rows), tok.pad_token_id, seed=0), task=DPOTask(0.1, ref_model=ref),
+                    opt=torch.optim.SGD(policy.parameters(), lr=0.0), max_steps=1, mixed_precision='no',
+                    cbs=[DPOMetricsCB(1), AlertsCB(dict(kl_max=-1e9))])   # any logged `kl` would trip this
+    learn.fit()
+    rec = next(r for r in learn.history if 'rewards/margins' in r)
+    diff = [_seq_logps(policy, r['prompt_ids'], r[k]) - _seq_logps(ref, r['prompt_ids'], r[k]) for r in rows for k in ('chosen_ids', 'rejected_ids')]
+    want = float(torch.cat(diff).mean())
+    assert abs(want) > 1e-3 and rec['log_ratio_per_token'] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert 'kl' not in rec and learn.alerts == []
+
+@pytest.fixture(scope='module')
+def base_dir(tmp_path_factory, tok):
+    "A tiny random GPT-2 with GPT-2's BPE (and ChatML), saved as a local HF folder."
+    d = tmp_path_factory.mktemp('base')
+    tiny(tok, 0).save_pretrained(d); tok.save_pretrained(d)
+    return d
+
+def test_training_label_smoothing_never_reaches_the_dpo_loss(tmp_path, base_dir):
+    "A Config built in code (no load_config check) with training.label_smoothing: the DPO loss stays the plain sigmoid loss."
+    from llm_nb.cli import build_learner
+    from llm_nb.config import load_config
+    (tmp_path/'pairs.json').write_text(json.dumps(plain_pairs(8)))
+    cfg = load_config(None, [f'output_dir={tmp_path/"out"}', 'training_type=dpo', f'model.name_or_path={base_dir}',
+                             f'tokenizer.name_or_path={base_dir}', f'data.train_file={tmp_path/"pairs.json"}', 'data.validation_split=0.25',
+                             'training.max_steps=2', 'training.per_device_train_batch_size=6', 'logging.report_to=[none]', 'dpo.beta=0.5',
+                             'training.mixed_precision=no'])
+    cfg.training.label_smoothing = 0.3
+    with pytest.warns(UserWarning, match='DPOTask ignores it'): learn = build_learner(cfg)
+    policy, ref = learn.raw_model, learn.task.ref_model
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # move the policy off its reference (a frozen copy), so that cDPO's flipped term would show
+        for p in policy.parameters(): p.add_(0.05 * torch.randn(p.shape, generator=g))
+    b = next(iter(learn.train_dl))
+    loss = learn.task.loss(policy, b, learn.task.n_tokens(b)).item()
+    (c, r), (rc, rr) = completion_logps(policy, b)[0].detach().chunk(2), completion_logps(ref, b)[0].detach().chunk(2)
+    z = 0.5 * ((c - rc) - (r - rr))
+    plain, cdpo = -F.logsigmoid(z).mean().item(), (-0.7 * F.logsigmoid(z) - 0.3 * F.logsigmoid(-z)).mean().item()
+    assert abs(plain - cdpo) > 1e-3 and loss == pytest.approx(plain, rel=1e-5)
 
 @pytest.mark.slow
 @needs_data

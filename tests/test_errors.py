@@ -109,3 +109,10 @@ def test_nan_loss_stops_before_saving(tmp_path):
     assert learn.state.step == 1 and learn.stop_reason == 'non-finite'
     assert all(torch.equal(p.detach(), q) for p, q in zip(m.parameters(), w0))
     assert sorted(p.name for p in (tmp_path/'checkpoints').iterdir()) == ['step-1']   # step 1 holds the untouched weights
+
+def test_bad_generation_file_refused_before_any_work(tmp_path):
+    g = tmp_path/'gen.jsonl'; g.write_text('{"prompt": "a", "reference": "b"}\n{"prompt": "c"}\n')
+    out = tmp_path/'run'
+    err = exit_message(['train', f'output_dir={out}', f'data.train_file={tmp_path}/not_there.jsonl', f'evaluation.generation_file={g}'])
+    assert f"{g}, record 2: 'reference' is missing" in err
+    assert not out.exists()

@@ -191,3 +191,102 @@ def test_wandb_online_failure_falls_back_to_offline(wandb_env, monkeypatch, capl
     assert calls == [('init', 'online'), ('init', 'offline'), ('log', 2), ('log', 4), ('finish',)]
     warns = [r.getMessage() for r in caplog.records if r.name == 'llm_nb']
     assert len(warns) == 1 and 'logging offline' in warns[0] and 'k' * 40 not in warns[0]
+
+# --- generation metrics from a prompt/reference file: the config and `llm_nb evaluate --generate` --------------------------
+from llm_nb.cli import main, config_callbacks
+from llm_nb.config import load_config
+from llm_nb.data import DataError
+from llm_nb.metrics import GenerationEvalCB
+
+@pytest.fixture(scope='module')
+def saved_lm(tmp_path_factory):
+    "A tiny random GPT-2 with a trained BPE, saved as an HF model folder (context 256: room for 64 new tokens)."
+    from llm_nb.tokenisation import train_tokenizer
+    d = tmp_path_factory.mktemp('lm')
+    tok = train_tokenizer(['the cat sat on the mat and the dog ran far away from home'] * 20, 300)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=256,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+def write_pairs(path, prompts, refs):
+    import json
+    path.write_text(''.join(json.dumps(dict(prompt=p, reference=r)) + '\n' for p, r in zip(prompts, refs)))
+    return path
+
+def test_evaluate_generate_bleu_is_sacrebleu_on_independent_greedy_generation(saved_lm, tmp_path, capsys):
+    import json, sacrebleu
+    from rouge_score import rouge_scorer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(saved_lm).eval(), AutoTokenizer.from_pretrained(saved_lm)
+    def greedy(p):   # one prompt at a time, no padding: the HF reference
+        enc = tok(p, return_tensors='pt')
+        with torch.no_grad(): out = model.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)
+    prompts = ['the cat', 'the dog ran far away', 'home', 'a mat and the']
+    preds = [greedy(p) for p in prompts]
+    refs = [preds[0], 'the cat sat on the mat', ' '.join(preds[2].split()[:6]) + ' from home', 'far away']   # some overlap: BLEU > 0
+    f = write_pairs(tmp_path/'pairs.jsonl', prompts, refs)
+    main(['evaluate', '--model_path', str(saved_lm), '--generate', '--data', str(f)])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(last) == ['bleu', 'rouge1', 'rouge2', 'rougeL']
+    bleu = sacrebleu.corpus_bleu(preds, [refs]).score
+    assert bleu > 0 and last['bleu'] == pytest.approx(bleu)
+    sc = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=True)
+    assert last['rougeL'] == pytest.approx(sum(sc.score(r, p)['rougeL'].fmeasure for p, r in zip(preds, refs)) / len(refs))
+
+def exit_message(argv):
+    with pytest.raises(SystemExit) as e: main(argv)
+    return str(e.value.code)
+
+def test_a_bad_row_is_named_before_the_model_loads(tmp_path):
+    f = tmp_path/'pairs.jsonl'
+    f.write_text('{"prompt": "the cat", "reference": "sat"}\n{"prompt": "a dog", "answer": "ran"}\n')
+    # the model folder does not exist: the row error proves the file is checked first
+    assert exit_message(['evaluate', '--model_path', str(tmp_path/'no-model'), '--generate', '--data', str(f)]) == (
+        f"llm_nb evaluate: error: {f}, record 2: 'reference' is missing (each row needs a non-empty 'prompt' and 'reference')")
+    f.write_text('{"prompt": "the cat", "reference": "sat"}\n{"prompt": "a dog", "reference": "ran"\n')
+    assert exit_message(['evaluate', '--model_path', str(tmp_path/'no-model'), '--generate', '--data', str(f)]).startswith(
+        f"llm_nb evaluate: error: {f}, line 2: malformed JSON")
+
+def test_evaluate_generation_flags(tmp_path, capsys):
+    assert exit_message(['evaluate', '--model_path', 'm', '--generate']) == '2'
+    assert 'evaluate --generate needs --data FILE' in capsys.readouterr().err
+    assert exit_message(['evaluate', '--model_path', 'm', '--max_new_tokens', '5']) == '2'
+    assert 'evaluate: --max_new_tokens only go with --generate' in capsys.readouterr().err
+    f = write_pairs(tmp_path/'p.jsonl', ['a'], ['b'])
+    assert exit_message(['evaluate', '--model_path', 'm', '--generate', '--data', str(f), '--max_new_tokens', '0']) == (
+        'llm_nb evaluate: error: --max_new_tokens must be at least 1, got 0')
+
+def test_config_generation_file_adds_the_callback_and_checks_the_file(tmp_path, saved_lm):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(saved_lm)
+    f = write_pairs(tmp_path/'p.jsonl', ['the cat', 'a dog'], ['sat', 'ran'])
+    over = [f'output_dir={tmp_path/"run"}', 'logging.report_to=[none]']
+    cbs = [c for c in config_callbacks(load_config(None, over + [f'evaluation.generation_file={f}',
+                                                                 'evaluation.generation_max_new_tokens=7']), tok, tmp_path/'run')
+           if isinstance(c, GenerationEvalCB)]
+    assert len(cbs) == 1 and (cbs[0].prompts, cbs[0].refs, cbs[0].kw) == (['the cat', 'a dog'], ['sat', 'ran'], dict(max_new_tokens=7, batch_size=8))
+    assert not any(isinstance(c, GenerationEvalCB) for c in config_callbacks(load_config(None, over), tok, tmp_path/'run'))
+    f.write_text('{"prompt": "", "reference": "sat"}\n')
+    with pytest.raises(DataError, match=f"{f}, record 1: 'prompt' is empty"):
+        config_callbacks(load_config(None, over + [f'evaluation.generation_file={f}']), tok, tmp_path/'run')
+
+@pytest.mark.parametrize('flag,value,message', [
+    ('--temperature', '-1', '--temperature must be >= 0 (0 = greedy), got -1.0'),
+    ('--top_p', '0', '--top_p must be in (0, 1] (1 = no nucleus cut), got 0.0'),
+    ('--top_p', '1.5', '--top_p must be in (0, 1] (1 = no nucleus cut), got 1.5'),
+    ('--top_k', '-1', '--top_k must be >= 0 (0 = no top-k cut), got -1'),
+    ('--max_new_tokens', '0', '--max_new_tokens must be at least 1, got 0')])
+def test_generate_refuses_bad_sampling_flags_before_the_model_loads(tmp_path, flag, value, message):
+    assert exit_message(['generate', '--model_path', str(tmp_path/'no-model'), '--prompt', 'the cat', flag, value]) == (
+        f'llm_nb generate: error: {message}')
+
+def test_generate_temperature_zero_is_greedy(saved_lm, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(saved_lm).eval(), AutoTokenizer.from_pretrained(saved_lm)
+    enc = tok('the cat', return_tensors='pt')
+    with torch.no_grad(): out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    main(['generate', '--model_path', str(saved_lm), '--prompt', 'the cat', '--max_new_tokens', '6', '--temperature', '0'])
+    assert capsys.readouterr().out.rstrip('\n') == tok.decode(out[0], skip_special_tokens=True)

@@ -83,7 +83,9 @@ def test_resume_latest_under_another_architecture_is_refused(run_copy, docs):
 # 2. Two runs at once
 def test_a_running_run_owns_its_folder_and_a_killed_one_leaves_no_lock(tmp_path, docs, capsys):
     out = tmp_path/'out'
-    a = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *args(out, docs, steps=100000, **{'training.save_steps': 3})],
+    # with a DataLoader worker: a forked worker must not keep the lock of a killed run alive (only the main process is killed)
+    a = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *args(out, docs, steps=100000, **{'training.save_steps': 3,
+                                                                                                  'training.dataloader_num_workers': 1})],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

@@ -112,7 +112,7 @@ def test_dpo_from_the_command_line(tmp_path, base, how):
     learn = train(load_config(None, common(tmp_path/'out', pairs(tmp_path/'pairs.json'), steps=6, **kw)))
     hist = json.loads((tmp_path/'out'/'loss_history.json').read_text())
     last = {k: v for r in hist for k, v in r.items()}
-    assert {'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'logps/rejected', 'kl',
+    assert {'rewards/chosen', 'rewards/rejected', 'rewards/margins', 'rewards/accuracies', 'logps/chosen', 'logps/rejected', 'log_ratio_per_token',
             'eval_rewards/accuracies'} <= set(last), sorted(last)
     first_loss = next(r['loss'] for r in hist if 'loss' in r)
     assert abs(first_loss - math.log(2)) < 0.05, 'policy == reference at the start: the DPO loss is log 2'

@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at arbitrary steps and resumed from its last checkpoint is indistinguishable from
 one never stopped: the same logged losses at every step and bit-identical final weights. Mid-epoch, across an
-epoch boundary, with gradient accumulation and dropout."""
+epoch boundary, with gradient accumulation and dropout, and with data-loader worker processes (whose batches are
+those of the main process: the uninterrupted reference runs without workers)."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
@@ -30,18 +31,23 @@ def _logged_step(out):
     try: return json.loads((out/'loss_history.json').read_text())[-1]['step']
     except Exception: return 0
 
-@pytest.mark.parametrize('kill_at', [5, 13, 27])
-def test_sigkill_and_resume_is_bit_exact(reference, tmp_path, kill_at):
+WORKERS = {'training.dataloader_num_workers': 2}
+
+@pytest.mark.parametrize('kill_at,extra', [(5, {}), (13, {}), (27, {}), (20, WORKERS)], ids=['5', '13', '27', '20-workers'])
+def test_sigkill_and_resume_is_bit_exact(reference, tmp_path, kill_at, extra):
     data, ref = reference
     out = tmp_path/'out'
-    p = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *overrides(out, data)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, '-m', 'llm_nb', 'train', *overrides(out, data, **extra)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     deadline = time.time() + 300
     while _logged_step(out) < kill_at and p.poll() is None and time.time() < deadline: time.sleep(0.05)
     assert p.poll() is None, f'the run ended before step {kill_at}: {p.stderr.read()[-2000:]}'
-    p.send_signal(signal.SIGKILL); p.wait()
+    os.killpg(p.pid, signal.SIGKILL); p.wait()   # the whole job, data-loader workers included, as a scheduler kills it
     assert not (out/'final').exists()
-    learn = train(load_config(None, overrides(out, data, **{'training.resume_from': 'latest'})))
+    learn = train(load_config(None, overrides(out, data, **extra, **{'training.resume_from': 'latest'})))
     assert learn.state.step == STEPS
+    n = extra.get('training.dataloader_num_workers', 0)
+    assert (learn.train_dl.num_workers, learn.train_dl.persistent_workers, learn.valid_dl.num_workers) == (n, n > 0, n)
     ref_hist = json.loads((ref/'loss_history.json').read_text())
     new_hist = json.loads((out/'loss_history.json').read_text())
     assert losses(new_hist) == losses(ref_hist)

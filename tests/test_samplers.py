@@ -2,7 +2,7 @@
 import json, math
 import numpy as np, pytest, torch, datasets
 from transformers import GPT2Config, GPT2LMHeadModel
-from llm_nb.config import ConfigError, DataConfig, SamplingConfig
+from llm_nb.config import ConfigError, DataConfig, SamplingConfig, load_config
 from llm_nb.data import Blocks, DataError, lm_datasets, lm_dataloader
 from llm_nb.samplers import (CurriculumSchedule, DynamicCurriculumCB, DynamicCurriculumTracker, LengthCurriculumCB, TrainSampler,
                              block_fields, check_sampling, curriculum_length, domain_quotas, quality_weights, shard, train_sampler)
@@ -94,7 +94,7 @@ def test_length_curriculum_in_the_loop_and_tracker_against_reference():
     dl = lm_dataloader(blocks, 2, 0, sampler=sampler, with_index=True)
     model, probe = _tiny_model(), _Probe()
     learn = Learner(model, dl, task=LMTask(), opt=torch.optim.SGD(model.parameters(), lr=0.0), mixed_precision='no',
-                    cbs=[LengthCurriculumCB(4, 16, steps=3), DynamicCurriculumCB(tr, sampler, every=2), probe], max_steps=4)
+                    cbs=[LengthCurriculumCB(4, 16, steps=3), DynamicCurriculumCB(tr, every=2), probe], max_steps=4)
     learn.fit()
     assert probe.shapes == [(8, 4), (4, 8), (4, 8), (2, 16)]
     assert {r * c for r, c in probe.shapes} == {32}
@@ -114,8 +114,8 @@ def test_length_curriculum_refuses_padded_batches():
     cb = LengthCurriculumCB(4, 16, 10)
     b = {'input_ids': torch.zeros(2, 16, dtype=torch.long), 'labels': torch.zeros(2, 16, dtype=torch.long), 'attention_mask': torch.ones(2, 16)}
     with pytest.raises(ConfigError, match='data.packing'): cb.split(b, 4)
-    with pytest.raises(ConfigError, match='data.packing'): check_sampling(SamplingConfig(use_length_curriculum=True, end_length=64), DataConfig(packing=False), 64)
-    with pytest.raises(ConfigError, match='sampling.end_length'): check_sampling(SamplingConfig(use_length_curriculum=True, end_length=2048), DataConfig(), 256)
+    with pytest.raises(ConfigError, match='data.packing'): load_config(None, ['sampling.use_length_curriculum=true', 'sampling.end_length=64', 'data.packing=false'])
+    with pytest.raises(ConfigError, match='sampling.end_length'): check_sampling(SamplingConfig(use_length_curriculum=True, end_length=2048), 256)
 
 # ---------------------------------------------------------------- dynamic tracker
 def test_tracker_hand_computation():
@@ -170,8 +170,8 @@ def test_domain_weights_errors_name_the_key():
         train_sampler(SamplingConfig(use_domain_stratified=True, domain_weights={'d0': 1, 'web': 2}), DataConfig(domain_field='dom'), blocks, 2)
     with pytest.raises(ConfigError, match="no weight for domain.*d1"):
         train_sampler(SamplingConfig(use_domain_stratified=True, domain_weights={'d0': 1}), DataConfig(domain_field='dom'), blocks, 2)
-    with pytest.raises(ConfigError, match='data.domain_field'): block_fields(SamplingConfig(use_domain_stratified=True), DataConfig())
-    with pytest.raises(ConfigError, match='data.quality_field'): block_fields(SamplingConfig(use_quality_weighting=True), DataConfig())
+    with pytest.raises(ConfigError, match='data.domain_field'): load_config(None, ['sampling.use_domain_stratified=true'])
+    with pytest.raises(ConfigError, match='data.quality_field'): load_config(None, ['sampling.use_quality_weighting=true'])
 
 # ---------------------------------------------------------------- quality
 def test_quality_sampling_frequencies_chi_square():

@@ -89,6 +89,40 @@ def test_ema_resumes_through_checkpoint(tmp_path):
     torch.testing.assert_close(torch.cat([r.flatten() for r in e2.raw]), torch.cat([r.flatten() for r in e1.raw]), rtol=0, atol=1e-6)
     assert e2.n_updates == e1.n_updates == 6
 
+def _fit(cbs, max_steps, accum=1):
+    m = gpt2()
+    learn = Learner(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=max_steps, grad_accum=accum, mixed_precision='no', cbs=cbs)
+    return learn.fit()
+
+class _StopAt:
+    "Stops the fit after `n` steps as a time budget does."
+    order = 0
+    def __init__(self, n): self.n = n
+    def after_step(self, learn):
+        if learn.state.step == self.n: learn.stop_reason = 'time-limit'; raise CancelFit()
+
+@pytest.mark.parametrize('accum,max_steps', [(1, 8), (2, 4)])
+def test_ema_warmup_longer_than_the_run_is_refused_before_the_first_step(accum, max_steps):
+    "4 batches an epoch; warmup 2 epochs: the first EMA update is the first step of epoch 2, so the run needs one step more."
+    with pytest.raises(ValueError, match=rf'training.ema_warmup_epochs=2 epoch\(s\), but this run is {max_steps} steps = 2.00 epochs'):
+        _fit([EMACB(warmup_epochs=2)], max_steps, accum)
+    ema = EMACB(warmup_epochs=2)
+    learn = _fit([ema], max_steps + 1, accum)
+    assert ema.n_updates == 1 and learn.state.step == max_steps + 1
+    with pytest.raises(ValueError, match='never starts: the run ends after 3 steps'): _fit([EMACB(start_step=3)], 3)
+
+def test_ema_warns_when_the_run_stops_before_its_warmup():
+    with pytest.warns(UserWarning, match=r'the run stopped \(time-limit\) at step 3, before the EMA warmup ended'):
+        learn = _fit([EMACB(warmup_epochs=1), _StopAt(3)], 20)
+    assert learn.cb(EMACB).shadow is None
+
+def test_aux_loss_without_labels_is_refused_before_the_first_step():
+    m, calls = gpt2(), []
+    m.register_forward_hook(lambda *a: calls.append(1))
+    learn = Learner(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=0.1), max_steps=2, mixed_precision='no', cbs=[CodeContrastiveCB()])
+    with pytest.raises(ValueError, match=r"needs batch key\(s\) \['domain'\] .*data.domain_field.*have \['input_ids', 'labels'\]"): learn.fit()
+    assert learn.state.step == 0 and calls == []
+
 # ---------------------------------------------------------------- R-Drop and label smoothing
 def test_rdrop_kl_zero_without_dropout_and_reference_with_dropout():
     b = next(iter(dl())); b['labels'][2, 7:] = -100
@@ -167,26 +201,50 @@ def test_llrd_keeps_weight_decay_split_and_scheduler_ratios():
     assert sorted({round(g['lr'] / top, 9) for g in o.param_groups}) == [0.125, 0.25, 0.5, 1.0]
 
 # ---------------------------------------------------------------- schedulers
-def _ref(kind, s, w, T):
-    if kind == 'constant': return 1.0
-    if s < w: return s / w
-    p = (s - w) / (T - w)
-    if kind == 'constant_with_warmup': return 1.0
-    if kind == 'linear': return max(0.0, 1 - p)
-    if kind == 'cosine': return 0.5 * (1 + math.cos(math.pi * p))
-    if kind == 'cosine_with_restarts': return 0.0 if p >= 1 else 0.5 * (1 + math.cos(math.pi * (p % 1.0)))
-    if kind == 'polynomial': return ((1e-3 - 1e-7) * (1 - p) + 1e-7) / 1e-3
+# Each schedule's learning-rate factor after the warmup, written out from its definition (peak 1e-3, warmup W=10 of T=100
+# steps, p = the fraction of the post-warmup steps done): the reference for every step of make_scheduler's schedule.
+PEAK, W, T = 1e-3, 10, 100
+def _p(s): return (s - W) / (T - W)
+def _wsd(start, min_ratio, shape):  # flat at the peak, then `shape` of the decay fraction q down to min_ratio
+    return lambda s: 1.0 if s < start else min_ratio + (1 - min_ratio) * shape(min(1.0, (s - start) / (T - start)))
+_LIN, _COS, _SQRT = (lambda q: 1 - q), (lambda q: 0.5 * (1 + math.cos(math.pi * q))), (lambda q: 1 - math.sqrt(q))
+SCHEDULES = {  # id: (lr_scheduler_type, lr_scheduler_kwargs, factor after the warmup)
+    'linear': ('linear', {}, lambda s: (T - s) / (T - W)),
+    'cosine-0.5': ('cosine', dict(num_cycles=0.5), lambda s: 0.5 * (1 + math.cos(math.pi * _p(s)))),
+    'cosine-2': ('cosine', dict(num_cycles=2), lambda s: 0.5 * (1 + math.cos(4 * math.pi * _p(s)))),
+    'restarts-3': ('cosine_with_restarts', dict(num_cycles=3), lambda s: 0.5 * (1 + math.cos(math.pi * ((3 * _p(s)) % 1)))),
+    'polynomial-2': ('polynomial', dict(power=2, lr_end=1e-5), lambda s: ((PEAK - 1e-5) * (1 - _p(s))**2 + 1e-5) / PEAK),
+    'constant': ('constant', {}, lambda s: 1.0),
+    'constant_with_warmup': ('constant_with_warmup', {}, lambda s: 1.0),
+    'min_lr-default': ('cosine_with_min_lr', {}, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * _p(s)))),
+    'min_lr-absolute': ('cosine_with_min_lr', dict(min_lr=2e-4, num_cycles=0.25), lambda s: 0.2 + 0.8 * 0.5 * (1 + math.cos(0.5 * math.pi * _p(s)))),
+    'wsd-default': ('warmup_stable_decay', {}, _wsd(80, 0.0, _SQRT)),
+    'wsd-linear': ('warmup_stable_decay', dict(decay_type='linear', decay_ratio=0.3, min_lr_ratio=0.1), _wsd(70, 0.1, _LIN)),
+    'wsd-cosine': ('warmup_stable_decay', dict(decay_type='cosine', decay_ratio=0.3, min_lr_ratio=0.1), _wsd(70, 0.1, _COS)),
+    'wsd-1-sqrt': ('warmup_stable_decay', dict(decay_type='1-sqrt', decay_ratio=0.3, min_lr_ratio=0.1), _wsd(70, 0.1, _SQRT)),
+}
 
-@pytest.mark.parametrize('kind', ['linear', 'cosine', 'cosine_with_restarts', 'constant', 'constant_with_warmup', 'polynomial'])
-def test_scheduler_values(kind):
-    o = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1e-3)
-    cfg = TrainingConfig(lr_scheduler_type=kind, warmup_ratio=0.1)
-    assert warmup_for(cfg, 100) == 10
-    s = make_scheduler(o, cfg, 100)
-    lrs = []
-    for _ in range(100): lrs.append(o.param_groups[0]['lr']); o.step(); s.step()
-    for step in (0, 3, 10, 37, 64, 99):
-        assert math.isclose(lrs[step], 1e-3 * _ref(kind, step, 10, 100), rel_tol=1e-9, abs_tol=1e-15), (kind, step, lrs[step])
+def _schedule_lrs(kind, kw):
+    o = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=PEAK)
+    cfg = TrainingConfig(lr_scheduler_type=kind, lr_scheduler_kwargs=kw, warmup_ratio=0.1)
+    assert warmup_for(cfg, T) == W
+    s, lrs = make_scheduler(o, cfg, T), []
+    for _ in range(T): lrs.append(o.param_groups[0]['lr']); o.step(); s.step()
+    return lrs
+
+@pytest.mark.parametrize('name', SCHEDULES)
+def test_scheduler_values(name):
+    kind, kw, after = SCHEDULES[name]
+    for s, lr in enumerate(_schedule_lrs(kind, kw)):
+        ref = PEAK * (1.0 if kind == 'constant' else s / W if s < W else after(s))
+        assert math.isclose(lr, ref, rel_tol=1e-9, abs_tol=1e-18), (name, s, lr, ref)
+
+def test_scheduler_kwargs_make_new_schedules():
+    "The kwargs that make a schedule more than its neighbour do: 3 restarts are not one cosine, power 2 is not a line."
+    def gap(a, b): return max(abs(x - y) for x, y in zip(_schedule_lrs(*a), _schedule_lrs(*b)))
+    assert gap(('cosine_with_restarts', dict(num_cycles=3)), ('cosine', {})) > 0.5 * PEAK
+    assert gap(('polynomial', dict(power=2, lr_end=1e-5)), ('linear', {})) > 0.1 * PEAK
+    assert gap(('cosine_with_restarts', {}), ('cosine', {})) < 1e-15   # HF's default: one cycle is the cosine, as documented
 
 # ---------------------------------------------------------------- early stopping, time budget
 def _stop_index(seq, **kw):
@@ -388,3 +446,10 @@ def test_ablation_turns_techniques_off():
     assert [type(c).__name__ for c in technique_callbacks(a, tok=object())] == ['NaNGuardCB']
     task = technique_task(a); assert type(task) is LMTask and task.label_smoothing == 0.0
     o = build_optimizer(gpt2(), a); assert type(o) is torch.optim.AdamW and len(o.param_groups) == 2
+
+def test_token_level_techniques_leave_a_dpo_task_alone():
+    "training.label_smoothing never reaches DPOTask (its smoothing is dpo.label_smoothing); R-Drop on it is an error naming the key."
+    from llm_nb.dpo import DPOTask
+    with pytest.warns(UserWarning, match='DPOTask ignores it'): t = technique_task(TrainingConfig(label_smoothing=0.2), DPOTask(0.1))
+    assert type(t) is DPOTask and t.label_smoothing == 0.0
+    with pytest.raises(ValueError, match='training.use_rdrop'): technique_task(TrainingConfig(use_rdrop=True), DPOTask(0.1))
