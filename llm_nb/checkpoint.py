@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np, torch
 from safetensors.torch import save_model, load_model, load_file
 from .lora import is_peft, save_adapter_state, load_adapter_state
-from .config import STRATEGIES
+from .config import STRATEGIES, greater_is_better
 from .loop import Callback, CancelFit, TrainState, finished_epoch
+from .techniques import eval_metric
 
 # %% auto #0
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
            'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'check_target',
            'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint',
            'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'clear_run_outputs',
-           'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps', 'CheckpointCB',
-           'greater_is_better', 'BestModelCB']
+           'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps', 'CheckpointCB', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
@@ -416,16 +416,14 @@ class CheckpointCB(Callback):
         if learn.stop_reason == 'time-limit': self.save(learn, 'time-limit')
 
 # %% ../nbs/09_checkpointing.ipynb #925d6d3d
-def greater_is_better(metric:str) -> bool: return not any(s in metric for s in ('loss', 'perplexity'))
-
 class BestModelCB(Callback):
-    "Export an HF folder to `<output_dir>/best` each time `metric` improves."
+    "Export an HF folder to `<output_dir>/best` each time `metric` improves; skip, with a warning, an evaluation without it."
     order = 190
     def __init__(self, output_dir, tok=None, metric='eval_loss'):
         self.path, self.tok, self.metric = Path(output_dir)/'best', tok, metric
     def after_validate(self, learn):
-        v = learn.metrics.get(self.metric)
-        if v is None: raise KeyError(f"training.metric_for_best_model={self.metric!r} is not an evaluation metric; have {sorted(learn.metrics)}")
+        v = eval_metric(learn, self.metric, 'best/ not updated')
+        if v is None: return
         best = learn.state.best_metric
         if best is None or (v > best if greater_is_better(self.metric) else v < best):
             learn.state.best_metric = v

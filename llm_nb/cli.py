@@ -10,7 +10,7 @@ import argparse, json, math, shutil, sys, time, warnings
 from pathlib import Path
 import torch, transformers
 from accelerate.utils import broadcast_object_list
-from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict
+from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
@@ -80,8 +80,7 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
     t, rank, world = cfg.training, acc.process_index, acc.num_processes
     loader_kw = _loader_kw(t)
     if _is_sft(cfg):
-        if any(getattr(cfg.sampling, f) for f in ('use_curriculum', 'use_length_curriculum', 'use_dynamic_curriculum', 'use_domain_stratified', 'use_quality_weighting')):
-            raise ConfigError("sampling.use_*: the samplers work on pretraining blocks; SFT examples are sampled uniformly")
+        check_sampling_applies(cfg, 'SFT examples')   # load_config knows only training_type=sft; a LoRA run learns it from the data
         rows = sft_datasets(splits, tok, block, cfg.data.packing)
         make = lambda r, bs, train, **kw: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank, world_size=world, **loader_kw)
         task, sampler, cbs = SFTTask(), None, []
@@ -92,7 +91,7 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
                                      t.logging_steps)
         domains = rows['validation'].domains if 'validation' in rows else None
         if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
-        with_index = sampler is not None or bool(cbs)
+        with_index = sampler is not None or bool(cbs) or t.aux_contrastive_weight > 0   # batches carry their index and domain
         make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
                                                                  world_size=world, sampler=sampler, with_index=with_index, **loader_kw)
         task = LMTask()
@@ -197,6 +196,7 @@ def train(cfg:Config, config_file=None) -> Learner:
 
 def _train(cfg:Config, config_file, ck, meta, acc) -> Learner:
     learn = build_learner(cfg, ck, meta, acc)
+    learn.check()   # callbacks refuse a run they cannot serve before anything is written: the corrected command can reuse the folder
     out = learn.output_dir
     if acc.is_main_process:
         if cfg.training.overwrite_output_dir: clear_run_outputs(out)   # only now that the new run is built

@@ -13,11 +13,12 @@ import yaml
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS', 'GENERATION_METRICS',
-           'ConfigError', 'choice', 'ranged', 'rule_text', 'satisfies', 'check_rule', 'ModelConfig', 'TokenizerConfig',
-           'DataConfig', 'TrainingConfig', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig',
-           'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
-           'read_config_file', 'apply_ablation', 'load_config', 'eval_metrics', 'check_combinations', 'config_to_dict',
-           'save_config']
+           'BERTSCORE_METRICS', 'DOMAIN_METRICS', 'ConfigError', 'choice', 'ranged', 'rule_text', 'satisfies',
+           'check_rule', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
+           'LoraConfig', 'DPOConfig', 'LoggingConfig', 'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce',
+           'from_dict', 'apply_override', 'read_utf8', 'read_config_file', 'apply_ablation', 'load_config',
+           'eval_metrics', 'is_eval_metric', 'greater_is_better', 'check_sampling_applies', 'check_combinations',
+           'config_to_dict', 'save_config', 'changed_keys']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 class ConfigError(ValueError):
@@ -127,8 +128,8 @@ class TrainingConfig:
     warmup_ratio: float = ranged(0.0, '[0,1]')
     max_grad_norm: float = ranged(1.0, '>=0', '0 = no clipping')
     mixed_precision: str = choice('auto', ['auto', 'no', 'bf16', 'fp16'])
-    eval_strategy: str = choice('steps', STRATEGIES)  # evaluate every eval_steps, at every epoch end, or never (HF's name)
-    save_strategy: str = choice('steps', STRATEGIES)  # checkpoint every save_steps, at every epoch end, or never (HF's name)
+    eval_strategy: str = choice('steps', STRATEGIES)  # evaluate every eval_steps, or at every epoch end; always once at the end (HF's name)
+    save_strategy: str = choice('steps', STRATEGIES)  # steps: every save_steps and each epoch end; epoch: each epoch end; no: none (time-limit/interrupt ones always)
     eval_steps: int = ranged(500, '>0')
     save_steps: int = ranged(1000, '>0')
     logging_steps: int = ranged(100, '>0')
@@ -257,6 +258,7 @@ def coerce(value, typ, key, meta=None):
     args = typing.get_args(typ)
     if args:  # a union such as `str|None` or `str|list`
         if value is None and type(None) in args: return None
+        if float in args and isinstance(value, float) and not math.isfinite(value): raise ConfigError(f"{key}={value!r}: must be a finite number")
         plain = {k: v for k, v in meta.items() if k not in ('rule', 'why')}  # the range is checked once, below
         for t in args:
             if t is type(None): continue
@@ -323,13 +325,30 @@ def read_utf8(path, error=ConfigError) -> str:
     return text.removeprefix('\ufeff').replace('\r\n', '\n').replace('\r', '\n')
 
 # %% ../nbs/00_config.ipynb #dfd5a78e
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "PyYAML keeps the last of two equal keys without a word: a second `training:` would silently replace the first."
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=deep)
+            if key in seen: raise yaml.constructor.ConstructorError(None, None, f'duplicate key {key!r}', k.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+def _unique_pairs(pairs):
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None: raise ValueError(f'duplicate key {dup!r}')
+    return dict(pairs)
+
 def read_config_file(path) -> dict:
-    "Read a YAML or JSON config file into a dict; errors name the file and the line."
+    "Read a YAML or JSON config file into a dict; errors (syntax, a key given twice) name the file and the line."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"config file not found: {path}")
     text = read_utf8(path)
-    try: d = json.loads(text) if path.suffix == '.json' else yaml.safe_load(text)
+    try: d = json.loads(text, object_pairs_hook=_unique_pairs) if path.suffix == '.json' else yaml.load(text, _UniqueKeyLoader)
     except json.JSONDecodeError as e: raise ConfigError(f"{path}, line {e.lineno}: cannot parse JSON: {e.msg}") from None
+    except ValueError as e: raise ConfigError(f"{path}: {e}") from None   # a duplicate JSON key (json gives no line)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f", line {mark.line + 1}" if mark else ''
@@ -355,11 +374,15 @@ def load_config(path=None, overrides=()) -> Config:
     d = read_config_file(path) if path else {}
     for o in overrides: apply_override(d, o)
     cfg = apply_ablation(from_dict(Config, d))
-    check_combinations(cfg)
+    if cfg.model.name_or_path and cfg.tokenizer.name_or_path is None:   # a pretrained model's ids mean its own tokenizer's tokens
+        cfg.tokenizer.name_or_path = cfg.model.name_or_path
+    check_combinations(cfg, given=d)
     return cfg
 
 def _check_model(m:ModelConfig):
     if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
+    if (m.load_in_4bit or m.load_in_8bit) and not m.name_or_path:
+        raise ConfigError('model.load_in_4bit/load_in_8bit quantise a pretrained model: set model.name_or_path')
     if m.name_or_path: return  # a pretrained model brings its own shape
     if m.d_model % m.num_heads:
         raise ConfigError(f'model.num_heads={m.num_heads} must divide model.d_model={m.d_model} (each head gets d_model / num_heads dimensions)')
@@ -367,29 +390,50 @@ def _check_model(m:ModelConfig):
         raise ConfigError(f'model.d_model / model.num_heads = {m.d_model // m.num_heads}: llama\'s rotary embeddings need an even head size')
 
 def _check_schedule(t:TrainingConfig):
-    allowed = SCHEDULER_KWARGS[t.lr_scheduler_type]
-    for k, v in t.lr_scheduler_kwargs.items():
+    allowed, kw, lr = SCHEDULER_KWARGS[t.lr_scheduler_type], t.lr_scheduler_kwargs, t.learning_rate
+    for k, v in kw.items():
         if k not in allowed:
             raise ConfigError(f"training.lr_scheduler_kwargs.{k}: not a setting of lr_scheduler_type={t.lr_scheduler_type}; "
                               f"it takes {', '.join(allowed) or 'none'}")
         check_rule(v, allowed[k], f'training.lr_scheduler_kwargs.{k}')
-    kw = t.lr_scheduler_kwargs
     if 'min_lr' in kw and 'min_lr_rate' in kw: raise ConfigError('training.lr_scheduler_kwargs: min_lr and min_lr_rate: choose one')
-    if kw.get('lr_end', 0) >= t.learning_rate > 0:
-        raise ConfigError(f"training.lr_scheduler_kwargs.lr_end={kw['lr_end']} must be below training.learning_rate={t.learning_rate}")
+    for k, default in (('lr_end', 1e-7), ('min_lr', 0)):  # HF's polynomial ends at 1e-7 unless told otherwise
+        floor = kw.get(k, default if t.lr_scheduler_type == 'polynomial' and k == 'lr_end' else 0)
+        if floor and floor >= lr:
+            raise ConfigError(f"training.lr_scheduler_kwargs.{k}={floor} must be below training.learning_rate={lr}" +
+                              (' (HF\'s default lr_end)' if k not in kw else ''))
+    cycles = kw.get('num_cycles', 1)
+    if t.lr_scheduler_type == 'cosine_with_restarts' and cycles != int(cycles):
+        raise ConfigError(f'training.lr_scheduler_kwargs.num_cycles={cycles}: cosine_with_restarts needs a whole number of cycles')
+    if t.lr_scheduler_type == 'constant' and (t.warmup_steps or t.warmup_ratio):
+        raise ConfigError('training.warmup_steps/warmup_ratio: lr_scheduler_type=constant has no warm-up; use constant_with_warmup')
+    if 0 < t.max_steps <= t.warmup_steps:
+        raise ConfigError(f'training.warmup_steps={t.warmup_steps} is not shorter than the run (training.max_steps={t.max_steps}): '
+                          'the learning rate would never reach its peak')
 
 # %% ../nbs/00_config.ipynb #2ccde1d4
 LM_EVAL_METRICS = ('eval_loss', 'eval_perplexity', 'eval_token_accuracy')
 DPO_EVAL_METRICS = ('eval_loss', 'eval_dpo_loss', 'eval_rewards/chosen', 'eval_rewards/rejected', 'eval_rewards/margins',
-                    'eval_rewards/accuracies', 'eval_logps/chosen', 'eval_logps/rejected')
+                    'eval_rewards/accuracies', 'eval_logps/chosen', 'eval_logps/rejected', 'eval_log_ratio_per_token',
+                    'eval_loss_clean', 'eval_loss_flipped')   # the last two with dpo.label_smoothing
 GENERATION_METRICS = ('eval_bleu', 'eval_rouge1', 'eval_rouge2', 'eval_rougeL')
+BERTSCORE_METRICS = ('eval_bertscore_precision', 'eval_bertscore_recall', 'eval_bertscore_f1')
+DOMAIN_METRICS = ('eval_<domain>_loss', 'eval_<domain>_perplexity', 'eval_<domain>_token_accuracy')  # one of each per domain
 
 def eval_metrics(cfg:Config) -> list:
-    "The metrics an evaluation of this run reports (`eval_<domain>_loss` stands for one per domain)."
+    "The metrics an evaluation of this run reports (`<domain>` stands for each domain's name)."
     names = list(DPO_EVAL_METRICS if cfg.training_type == 'dpo' else LM_EVAL_METRICS)
-    if cfg.evaluation.generation_file: names += GENERATION_METRICS
-    if cfg.data.domain_field and cfg.training_type != 'dpo': names.append('eval_<domain>_loss')
+    if cfg.evaluation.generation_file: names += GENERATION_METRICS + (BERTSCORE_METRICS if cfg.evaluation.bertscore_model else ())
+    if cfg.data.domain_field and cfg.training_type != 'dpo': names += DOMAIN_METRICS
     return names
+
+def is_eval_metric(metric:str, names) -> bool:
+    "Whether `metric` is one of `names`, where `<domain>` matches any domain name."
+    return any(re.fullmatch(re.escape(n).replace(re.escape('<domain>'), '.+'), metric) for n in names)
+
+def greater_is_better(metric:str) -> bool:
+    "Whether a higher `metric` is a better model: all but losses and perplexities (HF's `greater_is_better`, derived from the name)."
+    return not any(s in metric for s in ('loss', 'perplexity'))
 
 # %% ../nbs/00_config.ipynb #70007f9d
 def _check_length(cfg:Config):
@@ -403,17 +447,27 @@ def _check_length(cfg:Config):
         raise ConfigError(f'sampling.use_dynamic_curriculum: reweighting starts after sampling.dynamic_curriculum_warmup='
                           f'{s.dynamic_curriculum_warmup} epochs, but the run has training.num_train_epochs={t.num_train_epochs}')
 
-_NOT_DPO = {'training.label_smoothing': ('label_smoothing', 'use dpo.label_smoothing (conservative DPO) instead'),
-            'training.use_rdrop': ('use_rdrop', 'R-Drop regularises a language-model loss, not a preference loss'),
-            'training.aux_contrastive_weight': ('aux_contrastive_weight', 'the contrastive loss needs domain-labelled LM batches')}
+_LM_ONLY = {'training.label_smoothing': ('label_smoothing', 'use dpo.label_smoothing (conservative DPO) instead', ('dpo',)),
+            'training.use_rdrop': ('use_rdrop', 'R-Drop regularises a language-model loss, not a preference loss', ('dpo',)),
+            'training.aux_contrastive_weight': ('aux_contrastive_weight', 'the contrastive loss needs domain-labelled pretraining blocks',
+                                                ('dpo', 'sft'))}
 
-def _check_dpo(cfg:Config):
-    if cfg.training_type != 'dpo': return
-    for key, (name, why) in _NOT_DPO.items():
-        if getattr(cfg.training, name): raise ConfigError(f'{key} does not apply to training_type=dpo: {why}')
+def check_sampling_applies(cfg:Config, rows:str|None):
+    "Refuse `sampling.use_*` when the training rows are `rows` (SFT examples, DPO pairs): the samplers order pretraining blocks."
     used = [f.name for f in fields(SamplingConfig) if f.name.startswith('use_') and getattr(cfg.sampling, f.name)]
-    if used: raise ConfigError(f'sampling.{used[0]} does not apply to training_type=dpo: DPO draws preference pairs in random order')
-    if cfg.dpo.max_prompt_length >= cfg.dpo.max_length:
+    if used and rows: raise ConfigError(f'sampling.{used[0]} does not apply to {rows}: the samplers order and weight pretraining '
+                                        f'blocks; {rows} are drawn uniformly')
+
+def _check_type(cfg:Config):
+    "Keys and data formats the chosen training type would ignore or misread."
+    t = cfg.training_type
+    for key, (name, why, types) in _LM_ONLY.items():
+        if t in types and getattr(cfg.training, name): raise ConfigError(f'{key} does not apply to training_type={t}: {why}')
+    check_sampling_applies(cfg, {'dpo': 'DPO preference pairs', 'sft': 'SFT examples'}.get(t))
+    if t == 'from_scratch' and cfg.data.format not in ('auto', 'text'):
+        raise ConfigError(f'data.format={cfg.data.format} with training_type=from_scratch: pretraining reads plain text '
+                          f'(data.format=text); {cfg.data.format} data is for training_type=' + ('dpo' if cfg.data.format == 'preference' else 'sft'))
+    if t == 'dpo' and cfg.dpo.max_prompt_length >= cfg.dpo.max_length:
         raise ConfigError(f'dpo.max_prompt_length={cfg.dpo.max_prompt_length} must be below dpo.max_length={cfg.dpo.max_length} '
                           '(the rest of the length is the completion)')
 
@@ -436,8 +490,8 @@ def _check_sampling(cfg:Config):
                               f'({s.end_length}) <= model.max_length ({cfg.model.max_length})')
 
 # %% ../nbs/00_config.ipynb #de21e5aa
-def check_combinations(cfg:Config):
-    "Raise `ConfigError` naming the keys of settings that cannot work together."
+def check_combinations(cfg:Config, given:dict|None=None):
+    "Raise `ConfigError` naming the keys of settings that cannot work together; with the raw dict `given`, also keys set to no effect."
     m, t = cfg.model, cfg.training
     _check_model(m)
     if (m.load_in_4bit or m.load_in_8bit) and not (cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)):
@@ -452,17 +506,21 @@ def check_combinations(cfg:Config):
     _check_sampling(cfg)
     if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
         raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')
-    _check_dpo(cfg)
+    _check_type(cfg)
     _check_length(cfg)
     _check_evaluation(cfg)
+    if given is not None: _check_unused(cfg, given)
 
 def _check_evaluation(cfg:Config):
-    t, known = cfg.training, eval_metrics(cfg)
-    metric = t.metric_for_best_model
-    if metric not in known and not ('eval_<domain>_loss' in known and re.fullmatch(r'eval_.+_loss', metric)):
-        raise ConfigError(f'training.metric_for_best_model={metric!r}: not a metric this run evaluates; choose one of {", ".join(known)}')
+    t, known, e = cfg.training, eval_metrics(cfg), cfg.evaluation
+    if not is_eval_metric(t.metric_for_best_model, known):
+        raise ConfigError(f'training.metric_for_best_model={t.metric_for_best_model!r}: not a metric this run evaluates; '
+                          f'choose one of {", ".join(known)}')
     if t.eval_strategy == 'no' and t.early_stopping_patience:
         raise ConfigError('training.early_stopping_patience needs evaluations to compare: set training.eval_strategy to steps or epoch')
+    if not (cfg.data.eval_file or cfg.data.validation_split > 0):
+        for key, on in (('training.early_stopping_patience', t.early_stopping_patience), ('evaluation.generation_file', e.generation_file)):
+            if on: raise ConfigError(f'{key} needs evaluations, and this run has no validation data: set data.eval_file or data.validation_split > 0')
 
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 
@@ -470,3 +528,31 @@ def save_config(cfg:Config, path):
     "Write the resolved config as JSON."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(config_to_dict(cfg), indent=2))
+
+# %% ../nbs/00_config.ipynb #66291582
+_SECTIONS = [k for k, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)]
+
+def changed_keys(d:dict) -> list:
+    "The dotted keys raw config dict `d` sets to something other than the default (a dict-valued key counts once)."
+    default = asdict(Config())
+    flat = [(f'{s}.{k}', v, default[s].get(k)) for s in _SECTIONS if isinstance(d.get(s), dict) for k, v in d[s].items()]
+    flat += [(k, v, default.get(k)) for k, v in d.items() if k not in _SECTIONS]
+    return [k for k, v, dv in flat if v != dv]
+
+_PRETRAINED_SHAPE = ('model.arch', 'model.d_model', 'model.num_layers', 'model.num_heads', 'model.d_ff', 'model.dropout',
+                     'model.attention_dropout')
+
+def _unused(cfg:Config, key:str) -> str|None:
+    "Why this run would ignore `key`, or None when it uses it."
+    t, uses_lora = cfg.training_type, cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)
+    if key.startswith('lora.') and not uses_lora: return f'training_type={t} trains no LoRA adapters (training_type=lora, or dpo with dpo.use_lora=true, does)'
+    if key.startswith('dpo.') and t != 'dpo': return f'only training_type=dpo uses the dpo section (this run: {t})'
+    if key in _PRETRAINED_SHAPE and cfg.model.name_or_path: return 'a pretrained model (model.name_or_path) brings its own architecture, sizes and dropout'
+    if key == 'tokenizer.vocab_size' and cfg.tokenizer.name_or_path: return 'only a tokenizer trained here (tokenizer.name_or_path=null) takes a size'
+    if key == 'evaluation.bertscore_model' and not cfg.evaluation.generation_file: return 'BERTScore scores generations: set evaluation.generation_file'
+    return None
+
+def _check_unused(cfg:Config, given:dict):
+    "Refuse keys changed from their default that this run would silently ignore (a default value does nothing either way)."
+    for key in changed_keys(given):
+        if why := _unused(cfg, key): raise ConfigError(f'{key} is set but would be ignored: {why}')

@@ -6,10 +6,10 @@ Docs: https://llm-nb.github.io/llm_nb/convert_config.html.md"""
 
 # %% ../nbs/00a_convert_config.ipynb #2c4c4f29
 from __future__ import annotations
-import dataclasses, shlex, sys, typing
+import dataclasses, re, shlex, sys, tempfile, typing
 from pathlib import Path
 import yaml
-from .config import Config, ConfigError, from_dict, check_combinations, read_config_file, read_utf8
+from .config import Config, ConfigError, from_dict, load_config, read_config_file, read_utf8
 
 # %% auto #0
 __all__ = ['FORMATS', 'ORCHESTRATOR_KEYS', 'MARKERS', 'ACCELERATE', 'RENAMES', 'NO_EQUIVALENT', 'SECTION_ORDER', 'TYPE_SECTIONS',
@@ -177,18 +177,62 @@ def _put(out:dict, key:str, value):
     out[last] = value
 
 def _drop(out:dict, key:str):
-    *path, last = key.split('.')
-    for p in path: out = out[p]
-    del out[last]
+    "Remove the dotted `key` from `out`, and the sections that it leaves empty."
+    p, _, rest = key.partition('.')
+    if rest:
+        _drop(out[p], rest)
+        if out[p]: return
+    del out[p]
 
 def _valid_key(key:str) -> bool:
     try: key_type(key); return True
     except (KeyError, AttributeError, TypeError): return False
 
+def _refusal(d:dict, combinations:bool=True) -> ConfigError|None:
+    """llm_nb's error for the config dict `d`, or `None`: its keys, types and ranges; with `combinations`, all of `load_config`'s
+    rules, applied to `d` written as the YAML `convert_command` writes."""
+    try:
+        if not combinations: from_dict(Config, d); return None
+        with tempfile.TemporaryDirectory() as tmp:
+            (p := Path(tmp)/'config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
+            load_config(p)
+    except ConfigError as e: return e
+
+def _leave_out(out:dict, report:list, key:str, why:str):
+    "Take the converted `key` back out of `out`, and give `why` in its report line."
+    i = next(i for i, (s, k, n) in enumerate(report) if k == key)
+    _drop(out, key); report[i] = (report[i][0], None, why)
+
+# %% ../nbs/00a_convert_config.ipynb #f056787c
+def _warmup(out:dict, report:list):
+    "Keep only the warmup that takes effect: `warmup_steps` > 0 wins over `warmup_ratio` (HF's rule and `warmup_for`'s)."
+    t = out.get('training', {})
+    if t.get('warmup_steps', 0) > 0 and 'warmup_ratio' in t:
+        src = next(s for s, k, n in report if k == 'training.warmup_steps')
+        _leave_out(out, report, 'training.warmup_ratio', f"warmup_steps takes precedence ({src}={t['warmup_steps']}; "
+                   "HF and llm_nb use warmup_ratio only when warmup_steps is 0)")
+
+def _section_readers(d:dict) -> dict:
+    "The sections that only some training types read, each with `None` when the run of config dict `d` reads it, else which types do."
+    kind = d.get('training_type', Config().training_type)
+    lora = kind == 'lora' or (kind == 'dpo' and d.get('dpo', {}).get('use_lora', False))
+    return {'lora': None if lora else 'training_type lora, or dpo with dpo.use_lora', 'dpo': None if kind == 'dpo' else 'training_type dpo'}
+
+def _unused_sections(out:dict, report:list):
+    "Leave out the keys of the sections that this run's training type does not read."
+    kind = out.get('training_type', Config().training_type)
+    for sec, readers in _section_readers(out).items():
+        for s, k, n in list(report):
+            if readers and k and k.startswith(sec + '.'):
+                _leave_out(out, report, k, f"unused: only {readers} reads the {sec} section, and this run is {kind}")
+
+# %% ../nbs/00a_convert_config.ipynb #6c0136e0
 def map_entries(entries, fmt:str) -> tuple[dict, list]:
     "llm_nb's config dict for the `(source, key, value)` entries of a seed config, and the report `[(source, llm_nb key|None, note)]`."
     out, report, special = {}, [], {}
-    def put(src, key, value, note=''): _put(out, key, value); report.append((src, key, note))
+    def put(src, key, value, note=''):
+        report[:] = [(s, None, f'overridden by {src}') if k == key else (s, k, n) for s, k, n in report]   # the last one wins
+        _put(out, key, value); report.append((src, key, note))
     for src, k, v in entries:
         if k in ('fp16', 'bf16', 'use_lora', 'command'): special[k] = (src, v)
         elif k.startswith('no_') and llm_nb_key('use_' + k[3:]): put(src, llm_nb_key('use_' + k[3:]), not v)
@@ -197,13 +241,27 @@ def map_entries(entries, fmt:str) -> tuple[dict, list]:
         else:
             key = k if '.' in k else llm_nb_key(k)
             if key is None or not _valid_key(key): report.append((src, None, 'no llm_nb equivalent')); continue
-            new = as_type(v, key_type(key))
+            new = one = as_type(v, key_type(key))
+            for p in reversed(key.split('.')): one = {p: one}
+            if e := _refusal(one, combinations=False): report.append((src, None, f'left out: {e}')); continue   # its type or range
             put(src, key, new, f'{v!r} read as {new!r}' if new != v or type(new) is not type(v) else '')
     _precision(special, put)
     _training_type(special, fmt, out, put, report)
+    _warmup(out, report)
+    _unused_sections(out, report)
     return out, report
 
 # %% ../nbs/00a_convert_config.ipynb #18e140ec
+def _at_fault(e:ConfigError, report:list) -> str|None:
+    """The converted key that `load_config`'s error `e` is about: its messages start with the dotted key at fault, or with
+    several keys of one section (`training.warmup_steps/warmup_ratio`: the first of them that was converted)."""
+    m = re.match(r'(\w+(?:\.\w+)*)((?:/\w+)*)', str(e))
+    if not m: return None
+    sec = m[1].rpartition('.')[0]
+    leads = [m[1]] + [f'{sec}.{k}' if sec else k for k in m[2].split('/')[1:]]
+    done = [k for s, k, n in report if k]
+    return next((k for lead in leads for k in done if lead == k or lead.startswith(k + '.')), None)
+
 def convert(d:dict, fmt:str|None=None) -> tuple[dict, list]:
     "The llm_nb config (a dict `load_config` accepts) for the seed project config `d`, and the report of every source key."
     fmt = fmt or seed_format(d)
@@ -211,15 +269,10 @@ def convert(d:dict, fmt:str|None=None) -> tuple[dict, list]:
     if fmt == 'orchestrator': entries, skipped = orchestrator_entries(d)
     else: entries, skipped = [(k if fmt == 'lora_finetuner' else f'{v} (sub-command)' if k == 'command' else f'--{k}', k, v) for k, v in d.items()], []
     out, report = map_entries(entries, fmt)
-    while True:   # a value or combination llm_nb refuses: leave out the key (or the one switch) it names, saying why
-        try: check_combinations(from_dict(Config, out)); break
-        except ConfigError as e:
-            named = [(i, k) for i, (s, k, _) in enumerate(report) if k and k in str(e)]
-            if len(named) > 1: named = [(i, k) for i, k in named if k.rsplit('.', 1)[-1].startswith('use_')] or named  # a switch first
-            if len(named) != 1:
-                raise ConfigError(f"the converted config would be refused: {e} (from {', '.join(report[i][0] for i, _ in named)})") from None
-            i, k = named[0]
-            _drop(out, k); report[i] = (report[i][0], None, f"left out: {e}")
+    while e := _refusal(out):   # a combination llm_nb refuses: leave out the converted key its error is about, saying why
+        key = _at_fault(e, report)
+        if key is None: raise ConfigError(f"the converted config would be refused: {e}") from None
+        _leave_out(out, report, key, f"left out: {e}")
     order = [f.name for f in dataclasses.fields(Config)]
     return {k: out[k] for k in order if k in out}, [(s, None, why) for s, why in skipped] + report
 

@@ -17,7 +17,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast, extract_model_from_parallel
 from transformers import get_scheduler
 from tqdm.auto import tqdm
-from .config import TrainingConfig
+from .config import TrainingConfig, ConfigError
 
 # %% auto #0
 __all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback',
@@ -38,6 +38,7 @@ class Callback:
     "Base class: override any event method `def after_step(self, learn): ...`; lower `order` runs first."
     order = 0
     side_task = False  # True: an error in this callback is a warning, and training goes on
+    # `def check(self, learn)`: raise if this run cannot work with this callback (fired before anything starts)
     def state_dict(self): return {}
     def load_state_dict(self, sd): pass
 
@@ -248,7 +249,10 @@ def cpu_has_native_bf16() -> bool:
     except AttributeError: return False  # a torch build without these probes: assume emulated
 
 def resolve_mixed_precision(mp:str='auto') -> str:
-    "`auto` → 'bf16' on CUDA with bf16 or a CPU with native bf16, 'fp16' on older CUDA, else 'no'."
+    "`auto` → 'bf16' on CUDA with bf16 or a CPU with native bf16, 'fp16' on older CUDA, else 'no'. fp16 without a GPU is refused."
+    if mp == 'fp16' and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise ConfigError('training.mixed_precision=fp16 needs a GPU: on a CPU accelerate turns fp16 autocast off and trains in fp32 '
+                          'without a word; use bf16 (native on CPUs with AMX or AVX512-BF16) or no')
     if mp != 'auto': return mp
     if torch.cuda.is_available(): return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     if torch.backends.mps.is_available(): return 'no'
@@ -406,6 +410,7 @@ def _next_epoch(self:Learner): self.state.epoch, self.state.batch_in_epoch, self
 def _fit(self:Learner):
     self.model.train()
     self.t0 = time.time() - self.state.elapsed
+    self.check()   # outside the try: a refused run started nothing, so nothing needs an after_fit
     try:
         self.event('before_fit')
         while self.state.step < self.max_steps:
@@ -435,7 +440,11 @@ def _after_fit(self:Learner):
     self.event('after_fit', guard)
     self._flush_log(guard)
 
-Learner.fit, Learner._next_epoch, Learner._after_fit = _fit, _next_epoch, _after_fit
+def _check(self:Learner):
+    "Fire `check`: every callback refuses now, before anything is trained or written, a run it cannot serve."
+    self.event('check')
+
+Learner.fit, Learner.check, Learner._next_epoch, Learner._after_fit = _fit, _check, _next_epoch, _after_fit
 
 # %% ../nbs/05_loop.ipynb #28b5cc8b
 @torch.no_grad()

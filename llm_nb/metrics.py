@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools, logging, math, os, re, time, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from .config import ConfigError, EvaluationConfig
 from .data import DataError
 from .model import context_length, fit_to_context, flops_per_token
@@ -19,8 +20,8 @@ from .sft import read_records
 __all__ = ['logger', 'PEAK_FLOPS', 'ALERT_RULES', 'table_peak', 'measure_cpu_peak', 'peak_flops', 'MFUCB', 'gpu_utilization',
            'GPUUtilCB', 'domain_sums', 'metric_name', 'domain_metrics', 'DomainEvalTask', 'DomainEvalCB',
            'per_domain_eval', 'generate_batch', 'bleu_rouge', 'read_generation_pairs', 'check_bertscore_model',
-           'bertscore_layer', 'bertscore', 'GenerationEvalCB', 'plot_metrics', 'PlotsCB', 'WandbCB', 'check_alerts',
-           'check_thresholds', 'AlertsCB']
+           'bertscore_layer', 'bertscore', 'main_process_result', 'GenerationEvalCB', 'plot_metrics', 'PlotsCB',
+           'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
 
 # %% ../nbs/08_metrics.ipynb #a2785140
 logger = logging.getLogger('llm_nb')
@@ -273,6 +274,19 @@ def bertscore(predictions, references, model_path, num_layers:int|None=None, bat
         prf = [torch.zeros(len(predictions)).index_copy(0, torch.tensor(keep), x.float().cpu()) for x in s]
     return {f'bertscore_{k}': x.mean().item() for k, x in zip(('precision', 'recall', 'f1'), prf)}
 
+# %% ../nbs/08_metrics.ipynb #27795fa0
+def main_process_result(acc, f, *args, **kwargs):
+    "`f(*args, **kwargs)` computed on the main process of `acc` and handed to every process; if it raises there, it raises on all."
+    res, err = None, None
+    if acc.is_main_process:
+        try: res = f(*args, **kwargs)
+        except Exception as e: err = e
+    if acc.num_processes > 1:
+        res, msg = broadcast_object_list([(res, None if err is None else f"{type(err).__name__}: {err}")])[0]
+        if msg is not None and err is None: raise RuntimeError(f"on the main process: {msg}")
+    if err is not None: raise err
+    return res
+
 # %% ../nbs/08_metrics.ipynb #aefb9411
 class GenerationEvalCB(Callback):
     "At each validation, generate for `prompts` and add `eval_bleu`, `eval_rouge1/2/L` (and BERTScore with a local `bertscore_model`)."
@@ -290,12 +304,15 @@ class GenerationEvalCB(Callback):
         return cls(tok, *read_generation_pairs(ev.generation_file), ev.generation_max_new_tokens, ev.generation_batch_size,
                    ev.bertscore_model)
 
-    def after_validate(self, learn):
-        if not learn.acc.is_main_process: return
-        preds = generate_batch(learn.raw_model, self.tok, self.prompts, **self.kw)
+    def scores(self, model, device=None) -> dict:
+        "The `eval_`-prefixed generation metrics of `model` on the prompts."
+        preds = generate_batch(model, self.tok, self.prompts, **self.kw)
         m = bleu_rouge(preds, self.refs)
-        if self.bertscore_model: m.update(bertscore(preds, self.refs, self.bertscore_model, device=learn.acc.device))
-        learn.metrics.update({f'eval_{k}': v for k, v in m.items()})
+        if self.bertscore_model: m.update(bertscore(preds, self.refs, self.bertscore_model, device=device))
+        return {f'eval_{k}': v for k, v in m.items()}
+
+    def after_validate(self, learn):   # the main process scores; every process gets its metrics, or its error
+        learn.metrics.update(main_process_result(learn.acc, self.scores, learn.raw_model, learn.acc.device))
 
 # %% ../nbs/08_metrics.ipynb #01537400
 _PLOTS = {

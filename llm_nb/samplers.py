@@ -180,7 +180,7 @@ class DynamicCurriculumCB:
         e, at = 0, self.sampler.steps_in
         while at(e + 1, accum) <= steps: e += 1
         return e + (steps - at(e, accum)) / max(1, at(e + 1, accum) - at(e, accum))
-    def before_fit(self, learn):
+    def check(self, learn):
         "Refuse a run that ends before the warmup does: its weights would never be used."
         s = self.sampler
         if s is None or not s.dynamic_warmup: return

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from .config import TrainingConfig
+from .config import TrainingConfig, greater_is_better
 from .model import context_length, fit_to_context
 from .loop import Callback, CancelFit, LMTask, Learner, NaNGuardCB, token_losses, param_groups
 
 # %% auto #0
 __all__ = ['EMACB', 'symmetric_kl', 'RDropTask', 'layer_depth', 'llrd_param_groups', 'OffloadAdamW', 'build_optimizer',
-           'enable_gradient_checkpointing', 'EarlyStoppingCB', 'backbone', 'supcon_loss', 'AuxLossCB',
+           'enable_gradient_checkpointing', 'eval_metric', 'EarlyStoppingCB', 'backbone', 'supcon_loss', 'AuxLossCB',
            'CodeContrastiveCB', 'SampleGenerationCB', 'technique_task', 'technique_callbacks']
 
 # %% ../nbs/05a_techniques.ipynb #ad223b13
@@ -63,6 +63,8 @@ class EMACB(Callback):
     def before_fit(self, learn):
         self._resolve(learn)
         if self.raw is not None: self._restore(learn, self.raw); self.raw = None  # fit again: train the raw weights
+    def check(self, learn):
+        "Refuse a run that ends before the warmup does: the EMA would never start."
         if self.shadow is not None or learn.max_steps < 1: return
         if self.start_step is not None:
             if self.start_step >= learn.max_steps:
@@ -233,7 +235,12 @@ def enable_gradient_checkpointing(model):
     return model
 
 # %% ../nbs/05a_techniques.ipynb #eee4e7be
-def _greater_is_better(metric:str) -> bool: return not any(s in metric for s in ('loss', 'perplexity'))
+def eval_metric(learn, metric:str, skipped:str):
+    "`learn.metrics[metric]`; None, with a warning that names it and what is `skipped`, when this evaluation lacks it."
+    v = learn.metrics.get(metric)
+    if v is None: warnings.warn(f"{metric} is missing from the evaluation at step {learn.state.step} (it has "
+                                f"{', '.join(sorted(learn.metrics))}): {skipped}. A side task that computes it failed, or none does.")
+    return v
 
 class EarlyStoppingCB(Callback):
     "Stop after `patience` evaluations without an improvement of `metric` larger than `threshold`."
@@ -245,9 +252,9 @@ class EarlyStoppingCB(Callback):
     def state_dict(self): return dict(best=self.best, wait=self.wait)
     def load_state_dict(self, sd): self.best, self.wait = sd['best'], sd['wait']
     def after_validate(self, learn):
-        v = learn.metrics.get(self.metric)
-        if v is None: raise KeyError(f"training.metric_for_best_model={self.metric!r} is not an evaluation metric; have {sorted(learn.metrics)}")
-        better = self.best is None or (v > self.best + self.threshold if _greater_is_better(self.metric) else v < self.best - self.threshold)
+        v = eval_metric(learn, self.metric, f'early-stopping patience not counted ({self.wait} of {self.patience} used)')
+        if v is None: return
+        better = self.best is None or (v > self.best + self.threshold if greater_is_better(self.metric) else v < self.best - self.threshold)
         if better: self.best, self.wait = v, 0
         else: self.wait += 1
         self.stop = self.wait >= self.patience
@@ -281,7 +288,7 @@ class AuxLossCB(Callback):
     order, needs, hint = 20, (), ''   # `needs`: the batch keys `aux_loss` reads, checked before the first step
     def __init__(self, weight:float=0.1, name:str='aux_loss'): self.weight, self.name = weight, name
     def aux_loss(self, learn): raise NotImplementedError
-    def before_fit(self, learn):
+    def check(self, learn):
         "Collate one training sample and refuse, before any step, if a key in `needs` is missing."
         ds = getattr(learn.train_dl, 'dataset', None)
         if not self.needs or ds is None or not hasattr(ds, '__getitem__') or not len(ds): return
@@ -303,7 +310,6 @@ class CodeContrastiveCB(AuxLossCB):
         super().__init__(weight, name); self.temperature, self.key, self.hidden, self.hook = temperature, key, None, None
         self.needs = (key,)
     def before_fit(self, learn):
-        super().before_fit(learn)
         def grab(mod, inp, out): self.hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         self.hook = backbone(learn.raw_model).register_forward_hook(grab)
     def after_fit(self, learn):

@@ -100,3 +100,76 @@ def test_train_hints_convert_config(tmp_path, capsys):
     f = tmp_path/'mine.yaml'; f.write_text('training: {learnig_rate: 0.1}\n')
     code, _, _ = run(['train', '--config', str(f)], capsys)
     assert 'unknown config key training.learnig_rate' in str(code) and 'convert-config' not in str(code)
+
+SEED_ORCHESTRATOR = """
+training:
+  training_type: "from_scratch"
+  from_scratch:
+    num_train_epochs: 3
+    per_device_train_batch_size: 4
+    learning_rate: 5e-5
+    warmup_steps: 500
+  lora:
+    enabled: true
+    r: 16
+    lora_alpha: 32
+    lora_dropout: 0.1
+    target_modules: ["q_proj", "v_proj", "k_proj", "o_proj"]
+    bias: "none"
+    task_type: "CAUSAL_LM"
+  dpo:
+    beta: 0.1
+    max_length: 1024
+  bf16: true
+  warmup_ratio: 0.05
+  lr_scheduler_type: "cosine_with_restarts"
+"""
+
+def converted(tmp_path, capsys, text, name='orch.yaml'):
+    "The YAML `llm_nb convert-config` writes for the source `text` (as a dict), and its report (stderr)."
+    f = tmp_path/name; f.write_text(text)
+    code, out, err = run(['convert-config', str(f), '--output', str(tmp_path/'run.yaml')], capsys)
+    assert code == 0, (code, err)
+    return yaml.safe_load((tmp_path/'run.yaml').read_text()), err
+
+def not_converted(err) -> dict:
+    "The report's `not converted:` lines as {source key: reason}."
+    lines = err.split('not converted:\n', 1)[1].splitlines()
+    return dict(l.strip().split(None, 1) for l in lines if l.startswith('  '))
+
+def test_from_scratch_leaves_out_lora(tmp_path, capsys):
+    "The seed orchestrator example: a from_scratch run with `lora.enabled: true` gets no lora: section, and says why."
+    out, err = converted(tmp_path, capsys, SEED_ORCHESTRATOR)
+    assert out['training_type'] == 'from_scratch' and 'lora' not in out and 'dpo' not in out
+    left = not_converted(err)
+    for k in ('r', 'lora_alpha', 'lora_dropout', 'target_modules', 'bias'):
+        assert left[f'training.lora.{k}'].startswith('unused: only training_type lora, or dpo with dpo.use_lora reads the lora section')
+    assert 'training.lora.r ' not in err.split('not converted:')[0]             # not under `converted:`
+    load_config(tmp_path/'run.yaml')
+
+def test_dpo_with_lora_keeps_lora(tmp_path, capsys):
+    out, err = converted(tmp_path, capsys, SEED_ORCHESTRATOR.replace('"from_scratch"', '"dpo"'))
+    assert out['training_type'] == 'dpo' and out['dpo']['use_lora'] is True and out['lora']['lora_dropout'] == 0.1
+    assert out['dpo'] == {'beta': 0.1, 'max_length': 1024, 'use_lora': True}
+    load_config(tmp_path/'run.yaml')
+
+def test_warmup_steps_take_precedence(tmp_path, capsys):
+    "HF's rule: warmup_steps > 0 overrides warmup_ratio. The converted config keeps only the 500 steps, and says so."
+    from llm_nb.loop import warmup_for
+    out, err = converted(tmp_path, capsys, SEED_ORCHESTRATOR)
+    assert out['training']['warmup_steps'] == 500 and 'warmup_ratio' not in out['training']
+    assert not_converted(err)['training.warmup_ratio'].startswith('warmup_steps takes precedence (training.from_scratch.warmup_steps=500')
+    assert warmup_for(load_config(tmp_path/'run.yaml').training, 10_000) == 500   # 500 steps, as HF would warm up; not 5% of 10k
+
+def test_error_naming_a_second_key(tmp_path, capsys):
+    "A refused combination leaves out the key the error starts with, not another key the message also names."
+    src = {'training': {'training_type': 'from_scratch', 'learning_rate': 1e-4, 'lr_scheduler_type': 'polynomial',
+                        'lr_scheduler_kwargs': {'lr_end': 1e-3}, 'use_domain_stratified': False, 'domain_weights': {'code': 1.0}}}
+    out, err = converted(tmp_path, capsys, yaml.safe_dump(src))
+    assert out['training'] == {'learning_rate': 1e-4, 'lr_scheduler_type': 'polynomial'}   # lr_end's error names training.learning_rate
+    assert out['sampling'] == {'use_domain_stratified': False}   # domain_weights' error names the switch
+    left = not_converted(err)
+    assert left['training.lr_scheduler_kwargs'] == 'left out: training.lr_scheduler_kwargs.lr_end=0.001 must be below training.learning_rate=0.0001'
+    assert left['training.domain_weights'] == 'left out: sampling.domain_weights is set but sampling.use_domain_stratified is false'
+    assert 'training.learning_rate' not in left and 'training.use_domain_stratified' not in left
+    load_config(tmp_path/'run.yaml')

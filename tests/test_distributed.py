@@ -1,5 +1,5 @@
 """`llm_nb train` under `accelerate launch` with two CPU processes (gloo): the same loss curve as one process with
-the same global batch, one writer (rank 0), and a resume that continues the curve."""
+the same global batch, one writer (rank 0), a resume that continues the curve, and rank 0's generation metrics on every rank."""
 import json, os, subprocess
 from pathlib import Path
 import pytest
@@ -12,9 +12,11 @@ def launch(n_proc, *args):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 def overrides(out, data, batch, **kw):
+    "Every run also scores generations (`pairs.jsonl` beside the data) and keeps the best model by `eval_bleu`."
     return tiny_overrides(out, data, steps=STEPS, **{'training.per_device_train_batch_size': batch, 'training.logging_steps': 1,
                           'training.eval_steps': 6, 'training.save_steps': 6, 'training.mixed_precision': 'no',
-                          'logging.report_to': '[jsonl]', **kw})
+                          'logging.report_to': '[jsonl]', 'evaluation.generation_file': Path(data).parent/'pairs.jsonl',
+                          'evaluation.generation_max_new_tokens': 8, 'training.metric_for_best_model': 'eval_bleu', **kw})
 
 def history(out): return json.loads((Path(out)/'loss_history.json').read_text())
 def curve(out, key='loss'): return {r['step']: r[key] for r in history(out) if key in r}
@@ -23,6 +25,8 @@ def curve(out, key='loss'): return {r['step']: r[key] for r in history(out) if k
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('ddp')
     data = tiny_corpus(tmp/'docs', n=4)
+    (tmp/'pairs.jsonl').write_text('{"prompt": "The state of the", "reference": "Union is strong"}\n'
+                                   '{"prompt": "My fellow", "reference": "Americans, we meet tonight"}\n')
     single = run_cli('train', *overrides(tmp/'single', data, 8), env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = launch(2, 'train', *overrides(tmp/'ddp', data, 4))
@@ -45,6 +49,14 @@ def test_only_rank_zero_writes(runs):
     assert len(lines) == len(history(out)), 'every record written once, by one rank'
     assert sorted(p.name for p in (out/'checkpoints').iterdir()) == ['step-12', 'step-6']
     assert (out/'final'/'model.safetensors').exists()
+
+def test_every_rank_gets_rank_zeros_generation_metrics(runs):
+    """Only rank 0 generates; rank 1 gets its `eval_bleu` by broadcast. Without it, rank 1's BestModelCB (metric_for_best_model=eval_bleu)
+    would warn that the metric is missing, or (before the warning) raise KeyError while rank 0 trains on."""
+    tmp, _, ddp = runs
+    assert sorted(curve(tmp/'ddp', 'eval_bleu')) == [6, 12]
+    assert 'eval_bleu is missing' not in ddp.stderr and 'GenerationEvalCB' not in ddp.stderr, ddp.stderr[-3000:]
+    assert (tmp/'ddp'/'best'/'model.safetensors').exists()
 
 def test_resume_under_ddp_continues_the_curve(runs):
     tmp, data, _ = runs

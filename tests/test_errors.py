@@ -116,3 +116,22 @@ def test_bad_generation_file_refused_before_any_work(tmp_path):
     err = exit_message(['train', f'output_dir={out}', f'data.train_file={tmp_path}/not_there.jsonl', f'evaluation.generation_file={g}'])
     assert f"{g}, record 2: 'reference' is missing" in err
     assert not out.exists()
+
+def test_a_refused_callback_leaves_the_folder_free_for_the_corrected_run(tmp_path, docs):
+    "A refusal that needs the data (an EMA warm-up longer than a max_steps run) comes before anything is written into the folder."
+    out = tmp_path/'run'
+    base = tiny_overrides(out, docs, steps=3, **{'training.use_ema': 'true', 'logging.report_to': '[none]'})
+    assert 'training.ema_warmup_epochs=1' in exit_message(['train', *base])
+    assert not (out/'training_config.json').exists() and not (out/'checkpoints').exists()
+    main(['train', *base, 'training.ema_warmup_epochs=0'])   # the corrected command, into the same folder
+    assert (out/'final'/'model.safetensors').exists()
+
+def test_contrastive_loss_gets_domain_labels_without_a_validation_split(tmp_path):
+    "Domain labels reach the batches even when nothing else (sampler, per-domain evaluation) asks for them."
+    f = tmp_path/'d.jsonl'
+    f.write_text(''.join(json.dumps({'text': f'{w} ' * 200, 'domain': d}) + '\n' for w, d in [('def', 'code'), ('the', 'prose')] * 8))
+    out = tmp_path/'run'
+    learn = train(load_config(None, tiny_overrides(out, f, steps=2, **{'data.domain_field': 'domain', 'data.validation_split': 0,
+                  'training.aux_contrastive_weight': 0.1, 'tokenizer.vocab_size': 300, 'logging.report_to': '[none]',
+                  'training.per_device_train_batch_size': 4})))
+    assert all('contrastive_loss' in r for r in learn.history if 'loss' in r)

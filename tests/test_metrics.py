@@ -290,3 +290,33 @@ def test_generate_temperature_zero_is_greedy(saved_lm, capsys):
     with torch.no_grad(): out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
     main(['generate', '--model_path', str(saved_lm), '--prompt', 'the cat', '--max_new_tokens', '6', '--temperature', '0'])
     assert capsys.readouterr().out.rstrip('\n') == tok.decode(out[0], skip_special_tokens=True)
+
+def test_failed_generation_warns_and_best_model_skips_that_evaluation(tmp_path, monkeypatch):
+    "A side task never stops training: with metric_for_best_model=eval_bleu, an evaluation whose generation raised leaves best/ alone."
+    import sacrebleu, warnings
+    from llm_nb.loop import Callback
+    from llm_nb.checkpoint import BestModelCB
+    preds, refs = ['the cat sat on the mat', 'a dog ran'], ['the cat sat on the mat', 'a dog ran far away']
+    outcomes = [RuntimeError('CUDA out of memory'), preds]   # the first evaluation's generation fails, the second's works
+    def fake_generate(model, tok, prompts, **kw):
+        o = outcomes.pop(0)
+        if isinstance(o, Exception): raise o
+        return o
+    monkeypatch.setattr('llm_nb.metrics.generate_batch', fake_generate)
+    best = tmp_path/'best'
+    class Seen(Callback):   # after BestModelCB (190): whether best/ exists after each evaluation
+        order, seen = 195, []
+        def after_validate(self, learn): self.seen.append((learn.state.step, best.exists()))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learn = learner([EvalCB(2), GenerationEvalCB(None, ['p1', 'p2'], refs), BestModelCB(tmp_path, metric='eval_bleu'), Seen()],
+                        valid=dl(rows(4))).fit()
+    assert (learn.state.step, learn.error, learn.stop_reason) == (4, None, None)
+    assert Seen.seen == [(2, False), (4, True)]
+    assert learn.state.best_metric == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    assert ['eval_bleu' in r for r in learn.history if 'eval_loss' in r] == [False, True]
+    msgs = [str(x.message) for x in w]
+    assert any(m.startswith('GenerationEvalCB.after_validate failed at step 2 (RuntimeError: CUDA out of memory)') for m in msgs), msgs
+    assert [m for m in msgs if 'eval_bleu is missing' in m] == [
+        'eval_bleu is missing from the evaluation at step 2 (it has eval_loss, eval_perplexity, eval_token_accuracy): best/ not updated. '
+        'A side task that computes it failed, or none does.']

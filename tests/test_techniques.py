@@ -5,7 +5,7 @@ import pytest, torch, torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from llm_nb.config import TrainingConfig
-from llm_nb.loop import (Learner, LMTask, TrainState, CancelFit, ClipGradCB, NaNGuardCB, TrainMetricsCB, TimeBudgetCB,
+from llm_nb.loop import (Learner, LMTask, TrainState, CancelFit, Callback, ClipGradCB, NaNGuardCB, TrainMetricsCB, TimeBudgetCB,
                          ProgressCB, EvalCB, causal_lm_loss, n_targets, make_scheduler, param_groups, warmup_for)
 from llm_nb.techniques import (EMACB, RDropTask, EarlyStoppingCB, OffloadAdamW, SampleGenerationCB, CodeContrastiveCB,
                                llrd_param_groups, build_optimizer, enable_gradient_checkpointing, supcon_loss,
@@ -261,8 +261,33 @@ def test_early_stopping_scripted():
     assert _stop_index([0.1, 0.3, 0.3, 0.29], patience=2, metric='eval_token_accuracy') == (3, 'early-stopping')
     assert _stop_index([5, 4, 3, 2, 1], patience=1) == (None, None)
     with pytest.raises(ValueError, match='early_stopping_patience'): EarlyStoppingCB(0)
-    cb = EarlyStoppingCB(2); stub = SimpleNamespace(metrics={'eval_perplexity': 3.0})
-    with pytest.raises(KeyError, match="metric_for_best_model='eval_loss'"): cb.after_validate(stub)
+
+def test_early_stopping_skips_an_evaluation_without_its_metric():
+    "A missing metric (a side task failed) is warned about and skipped: patience is neither counted down nor reset."
+    cb = EarlyStoppingCB(2); stub = SimpleNamespace(metrics={'eval_perplexity': 3.0}, state=TrainState(step=7), stop_reason=None)
+    cb.best, cb.wait = 2.0, 1
+    with pytest.warns(UserWarning, match=r"^eval_loss is missing from the evaluation at step 7 \(it has eval_perplexity\): "
+                                         r"early-stopping patience not counted \(1 of 2 used\)"):
+        cb.after_validate(stub)
+    assert (cb.best, cb.wait, cb.stop) == (2.0, 1, False)
+
+def test_early_stopping_on_a_side_task_metric_that_fails():
+    "eval_bleu from a side task that fails at evaluations 3 and 4: those two are skipped, so the run stops at the 5th, not the 3rd."
+    class Bleu(Callback):   # stands in for GenerationEvalCB: a side task that adds eval_bleu, or raises
+        order, side_task, seq = 35, True, [10.0, 9.0, None, None, 8.0, 7.0]
+        def after_validate(self, learn):
+            v = self.seq.pop(0)
+            if v is None: raise RuntimeError('generation failed')
+            learn.metrics['eval_bleu'] = v
+    m = gpt2()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        learn = Learner(m, dl(64), dl(4), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=50, mixed_precision='no',
+                        cbs=[EvalCB(2), Bleu(), EarlyStoppingCB(2, metric='eval_bleu')]).fit()
+    assert (learn.error, learn.stop_reason, learn.state.step) == (None, 'early-stopping', 10)   # evals at 2 (best), 4, [6, 8 skipped], 10
+    msgs = [str(x.message) for x in w]
+    assert sum(m.startswith('Bleu.after_validate failed') for m in msgs) == 2
+    assert [re.search(r'^eval_bleu is missing from the evaluation at step (\d+)', m)[1] for m in msgs if 'is missing' in m] == ['6', '8']
 
 def test_early_stopping_in_a_fit():
     class Worse(LMTask):   # evaluation gets worse every time: stop after patience evaluations

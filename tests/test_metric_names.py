@@ -1,0 +1,33 @@
+"""The metric names `load_config` accepts for `training.metric_for_best_model` are the names the code produces.
+00_config lists them (it comes before the code that computes them); these tests catch the two drifting apart."""
+import math, torch
+import pytest
+from llm_nb.config import (Config, LM_EVAL_METRICS, DPO_EVAL_METRICS, GENERATION_METRICS, BERTSCORE_METRICS, DOMAIN_METRICS,
+                           eval_metrics, is_eval_metric, load_config)
+from llm_nb.dpo import dpo_metrics
+from llm_nb.metrics import domain_metrics, bleu_rouge
+from llm_nb.loop import Learner, LMTask
+
+def test_dpo_names():
+    sums = dict(pairs=2, rewards_chosen=1., rewards_rejected=0., correct=1, logps_chosen=-3., logps_rejected=-4., loss=1.,
+                logratio=0.5, tokens=10, loss_clean=0.5, loss_flipped=0.7)
+    assert set(dpo_metrics(sums, 'eval_')) <= set(DPO_EVAL_METRICS)
+
+def test_domain_and_generation_names():
+    m = domain_metrics(torch.tensor([2., 3.]), torch.tensor([1., 1.]), torch.tensor([2., 2.]), ['code', 'prose'])
+    assert m and all(is_eval_metric(k, DOMAIN_METRICS) for k in m)
+    assert {f'eval_{k}' for k in bleu_rouge(['a b c d'], ['a b c d'])} == set(GENERATION_METRICS)
+
+def test_lm_validation_names():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=8))
+    x = torch.randint(0, 32, (2, 8))
+    learn = Learner(model, None, [dict(input_ids=x, labels=x)], task=LMTask(), opt=torch.optim.SGD(model.parameters(), lr=0.), mixed_precision='no')
+    assert set(learn.validate()) == set(LM_EVAL_METRICS)
+
+def test_every_listed_name_is_accepted():
+    cfg = ['evaluation.generation_file=g.jsonl', 'evaluation.bertscore_model=enc', 'data.domain_field=d']
+    for name in LM_EVAL_METRICS + GENERATION_METRICS + BERTSCORE_METRICS + ('eval_code_perplexity',):
+        assert load_config(None, cfg + [f'training.metric_for_best_model={name}']).training.metric_for_best_model == name
+    for name in DPO_EVAL_METRICS:
+        assert load_config(None, ['training_type=dpo', f'training.metric_for_best_model={name}']).training.metric_for_best_model == name
