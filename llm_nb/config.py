@@ -407,9 +407,6 @@ def _check_schedule(t:TrainingConfig):
         raise ConfigError(f'training.lr_scheduler_kwargs.num_cycles={cycles}: cosine_with_restarts needs a whole number of cycles')
     if t.lr_scheduler_type == 'constant' and (t.warmup_steps or t.warmup_ratio):
         raise ConfigError('training.warmup_steps/warmup_ratio: lr_scheduler_type=constant has no warm-up; use constant_with_warmup')
-    if 0 < t.max_steps <= t.warmup_steps:
-        raise ConfigError(f'training.warmup_steps={t.warmup_steps} is not shorter than the run (training.max_steps={t.max_steps}): '
-                          'the learning rate would never reach its peak')
 
 # %% ../nbs/00_config.ipynb #2ccde1d4
 LM_EVAL_METRICS = ('eval_loss', 'eval_perplexity', 'eval_token_accuracy')

@@ -17,6 +17,9 @@ def tiny_overrides(out, data, steps=40, **kw):
              'training.logging_steps': 5, 'training.eval_steps': 20, 'training.save_steps': 20,
              'training.per_device_eval_batch_size': 64, 'data.validation_split': 0.15})
     o.update(kw)
+    if o.get('model.name_or_path'):   # a pretrained model brings its own shape and tokenizer: setting them is refused
+        for k in ('model.d_model', 'model.num_layers', 'model.num_heads', 'model.d_ff', 'model.dropout', 'tokenizer.vocab_size'):
+            if k not in kw: o.pop(k)
     return [f'{k}={v}' for k, v in o.items()]
 
 def run_cli(*args, timeout=600, **kw):

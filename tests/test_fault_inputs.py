@@ -54,7 +54,7 @@ def test_pickle_only_model_folder_refused(tmp_path, out):
     m.config.save_pretrained(folder); torch.save(m.state_dict(), folder/'pytorch_model.bin')   # what old transformers saved
     docs = tiny_corpus(tmp_path/'docs', n=2)
     before = hashes(folder, out)
-    msg = exit_message(['train', *tiny_overrides(out, docs, steps=2), f'model.name_or_path={folder}'])
+    msg = exit_message(['train', *tiny_overrides(out, docs, steps=2, **{'model.name_or_path': folder})])
     assert msg.startswith('llm_nb train: error: ')
     assert f'{folder}: holds only pickle weights (pytorch_model.bin); llm_nb loads safetensors only' in msg
     assert 'UnpicklingError' not in msg and 'weights_only' not in msg
