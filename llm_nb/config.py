@@ -17,8 +17,8 @@ __all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'LM_EVAL_METRICS', 'DP
            'check_rule', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
            'LoraConfig', 'DPOConfig', 'LoggingConfig', 'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce',
            'from_dict', 'apply_override', 'read_utf8', 'read_config_file', 'apply_ablation', 'load_config',
-           'eval_metrics', 'is_eval_metric', 'greater_is_better', 'check_sampling_applies', 'check_combinations',
-           'config_to_dict', 'save_config', 'changed_keys']
+           'config_from_dict', 'eval_metrics', 'is_eval_metric', 'greater_is_better', 'check_sampling_applies',
+           'check_combinations', 'config_to_dict', 'save_config', 'changed_keys', 'unused_reason']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 class ConfigError(ValueError):
@@ -373,6 +373,10 @@ def load_config(path=None, overrides=()) -> Config:
     "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types, ranges and combinations."
     d = read_config_file(path) if path else {}
     for o in overrides: apply_override(d, o)
+    return config_from_dict(d)
+
+def config_from_dict(d:dict) -> Config:
+    "The checked `Config` of raw nested dict `d` (what a config file holds): keys, types, ranges, combinations, keys set to no effect."
     cfg = apply_ablation(from_dict(Config, d))
     if cfg.model.name_or_path and cfg.tokenizer.name_or_path is None:   # a pretrained model's ids mean its own tokenizer's tokens
         cfg.tokenizer.name_or_path = cfg.model.name_or_path
@@ -539,7 +543,7 @@ def changed_keys(d:dict) -> list:
 _PRETRAINED_SHAPE = ('model.arch', 'model.d_model', 'model.num_layers', 'model.num_heads', 'model.d_ff', 'model.dropout',
                      'model.attention_dropout')
 
-def _unused(cfg:Config, key:str) -> str|None:
+def unused_reason(cfg:Config, key:str) -> str|None:
     "Why this run would ignore `key`, or None when it uses it."
     t, uses_lora = cfg.training_type, cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)
     if key.startswith('lora.') and not uses_lora: return f'training_type={t} trains no LoRA adapters (training_type=lora, or dpo with dpo.use_lora=true, does)'
@@ -552,4 +556,4 @@ def _unused(cfg:Config, key:str) -> str|None:
 def _check_unused(cfg:Config, given:dict):
     "Refuse keys changed from their default that this run would silently ignore (a default value does nothing either way)."
     for key in changed_keys(given):
-        if why := _unused(cfg, key): raise ConfigError(f'{key} is set but would be ignored: {why}')
+        if why := unused_reason(cfg, key): raise ConfigError(f'{key} is set but would be ignored: {why}')
