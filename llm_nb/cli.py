@@ -10,11 +10,12 @@ import argparse, json, math, shutil, sys, time, warnings
 from pathlib import Path
 import torch, transformers
 from accelerate.utils import broadcast_object_list
-from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies
+from .config import (Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies,
+                           epochs_to_run)
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
-from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB,
+from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
@@ -33,7 +34,7 @@ from .dpo import (preference_splits, preference_texts, encode_pairs, dpo_dataloa
                         precompute_ref_logps, disable_dropout)
 
 # %% auto #0
-__all__ = ['config_callbacks', 'claim_run', 'training_data', 'dpo_setup', 'build_learner', 'train', 'find_lr',
+__all__ = ['config_callbacks', 'claim_run', 'training_data', 'run_steps', 'dpo_setup', 'build_learner', 'train', 'find_lr',
            'load_model_folder', 'evaluate', 'evaluate_generation', 'merge', 'check_sampling_args', 'generate',
            'load_run_config', 'main']
 
@@ -97,12 +98,20 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         task = LMTask()
     train_dl = make(rows['train'], t.per_device_train_batch_size, True, sampler=sampler)
     valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
-    steps_per_epoch = _steps_per_epoch(train_dl, t)
-    if t.max_steps > 0: max_steps = t.max_steps
-    elif sampler is not None: max_steps = sampler.steps_in(t.num_train_epochs, t.gradient_accumulation_steps)  # curriculum epochs differ in length
-    else: max_steps = math.ceil(t.num_train_epochs * steps_per_epoch)
+    row_tokens = (sum(len(r['input_ids']) for r in rows['train']) / max(1, len(rows['train']))) if _is_sft(cfg) else block
+    max_steps = run_steps(t, _steps_per_epoch(train_dl, t), row_tokens * t.per_device_train_batch_size * t.gradient_accumulation_steps * world, sampler)
     return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs, seq_len=block, unit='rows' if _is_sft(cfg) else 'blocks',
                 n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
+
+def run_steps(t, steps_per_epoch:int, tokens_per_step:float|None=None, sampler=None) -> int:
+    """Optimizer steps to train: `max_steps`, else the first of the token budget and the epochs to run to end; a time budget
+    that is the run's length leaves it open (`NO_STEP_LIMIT`: `TimeBudgetCB` ends the run)."""
+    if t.max_steps > 0: return t.max_steps
+    limits = [math.ceil(t.max_tokens / tokens_per_step)] if t.max_tokens else []
+    epochs = epochs_to_run(t)
+    if math.isfinite(epochs):  # curriculum epochs differ in length: the sampler counts them
+        limits.append(sampler.steps_in(epochs, t.gradient_accumulation_steps) if sampler is not None else math.ceil(epochs * steps_per_epoch))
+    return min(limits) if limits else NO_STEP_LIMIT
 
 def _loader_kw(t) -> dict:
     "`epoch_loader`'s worker and pinning settings from `training.dataloader_*`."
@@ -135,7 +144,7 @@ def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
                                                world_size=acc.num_processes, **_loader_kw(t))
     train_dl = make(rows['train'], t.per_device_train_batch_size, True)
     valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
-    max_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * _steps_per_epoch(train_dl, t))
+    max_steps = run_steps(t, _steps_per_epoch(train_dl, t))
     return tok, model, dict(train_dl=train_dl, valid_dl=valid_dl, task=DPOTask.from_config(d, ref_model=ref, autocast=acc.autocast),
                             max_steps=max_steps, cbs=[DPOMetricsCB(t.logging_steps)], seq_len=max_len, unit='pairs',
                             n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)

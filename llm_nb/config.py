@@ -12,13 +12,14 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'REPORTERS', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS', 'GENERATION_METRICS',
-           'BERTSCORE_METRICS', 'DOMAIN_METRICS', 'ConfigError', 'choice', 'ranged', 'rule_text', 'satisfies',
-           'check_rule', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig', 'SamplingConfig',
-           'LoraConfig', 'DPOConfig', 'LoggingConfig', 'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce',
-           'from_dict', 'apply_override', 'read_utf8', 'read_config_file', 'apply_ablation', 'load_config',
-           'config_from_dict', 'eval_metrics', 'is_eval_metric', 'greater_is_better', 'check_sampling_applies',
-           'check_combinations', 'config_to_dict', 'save_config', 'changed_keys', 'unused_reason']
+__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'TIME_SCHEDULES', 'REPORTERS', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS',
+           'GENERATION_METRICS', 'BERTSCORE_METRICS', 'DOMAIN_METRICS', 'ConfigError', 'choice', 'ranged', 'rule_text',
+           'satisfies', 'check_rule', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig',
+           'budget_is_length', 'epochs_to_run', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig',
+           'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
+           'read_config_file', 'apply_ablation', 'load_config', 'config_from_dict', 'eval_metrics', 'is_eval_metric',
+           'greater_is_better', 'check_sampling_applies', 'check_combinations', 'config_to_dict', 'save_config',
+           'changed_keys', 'unused_reason']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 class ConfigError(ValueError):
@@ -111,9 +112,10 @@ SCHEDULER_KWARGS = {  # every lr_scheduler_type, and the lr_scheduler_kwargs it 
 @dataclass
 class TrainingConfig:
     "The optimisation loop: length, batch, optimizer, schedule, evaluation, saving and techniques."
-    num_train_epochs: float = ranged(1, '>0')
+    num_train_epochs: float|None = ranged(None, '>0')  # None: one epoch, or as many as a budget (hours, tokens) allows
     max_steps: int = ranged(-1, '>=-1', '-1 or 0 = run num_train_epochs')  # > 0 overrides epochs
-    max_training_hours: float|None = ranged(None, '>0')
+    max_training_hours: float|None = ranged(None, '>0')  # a time budget: stop, checkpoint and export when reached
+    max_tokens: int|None = ranged(None, '>0')           # a token budget: the run's length in training tokens
     per_device_train_batch_size: int = ranged(16, '>0')
     per_device_eval_batch_size: int = ranged(16, '>0')
     gradient_accumulation_steps: int = ranged(1, '>0')
@@ -157,6 +159,29 @@ class TrainingConfig:
     sample_every_steps: int = ranged(0, '>=0', '0 = never')       # 0 = never
     sample_max_new_tokens: int = ranged(40, '>0')
     aux_contrastive_weight: float = ranged(0.0, '>=0')  # code-vs-prose contrastive loss on pooled hidden states (labels: data.domain_field)
+
+# %% ../nbs/00_config.ipynb #32500756
+TIME_SCHEDULES = ('warmup_stable_decay', 'constant', 'constant_with_warmup')   # need no step count in advance
+
+def budget_is_length(t:TrainingConfig) -> bool:
+    "Whether a budget is the run's length: `max_training_hours` or `max_tokens` given, and neither epochs nor steps."
+    return t.num_train_epochs is None and t.max_steps <= 0 and bool(t.max_training_hours or t.max_tokens)
+
+def epochs_to_run(t:TrainingConfig) -> float:
+    "The epoch limit: `num_train_epochs`; without it as many as the budget allows (inf), or one when there is no budget."
+    if t.num_train_epochs is not None: return t.num_train_epochs
+    return math.inf if budget_is_length(t) else 1.0
+
+def _check_budget(t:TrainingConfig):
+    "A time budget that is the run's length leaves the step count unknown: only schedules that need none can run."
+    if not budget_is_length(t) or t.max_tokens: return
+    if t.lr_scheduler_type not in TIME_SCHEDULES:
+        raise ConfigError(f"training.lr_scheduler_type={t.lr_scheduler_type}: training.max_training_hours is this run's length (no "
+                          "num_train_epochs, max_steps or max_tokens), so its number of steps is unknown and this schedule cannot be "
+                          f"planned; use {', '.join(TIME_SCHEDULES)} (warmup_stable_decay, the default here, decays as the budget ends), "
+                          "or give training.num_train_epochs, max_steps or max_tokens")
+    if t.warmup_ratio:
+        raise ConfigError('training.warmup_ratio: a fraction of a run whose length is a time budget is unknown; give training.warmup_steps')
 
 # %% ../nbs/00_config.ipynb #0cf522d8
 @dataclass
@@ -380,6 +405,9 @@ def config_from_dict(d:dict) -> Config:
     cfg = apply_ablation(from_dict(Config, d))
     if cfg.model.name_or_path and cfg.tokenizer.name_or_path is None:   # a pretrained model's ids mean its own tokenizer's tokens
         cfg.tokenizer.name_or_path = cfg.model.name_or_path
+    t = cfg.training
+    if budget_is_length(t) and not t.max_tokens and 'lr_scheduler_type' not in d.get('training', {}):
+        t.lr_scheduler_type = 'warmup_stable_decay'   # the schedule a time budget can end annealed (see TIME_SCHEDULES)
     check_combinations(cfg, given=d)
     return cfg
 
@@ -440,18 +468,20 @@ def greater_is_better(metric:str) -> bool:
 def _check_length(cfg:Config):
     "Runs whose length is known from the config: warm-ups that would never end."
     t, s = cfg.training, cfg.sampling
-    if t.max_steps > 0: return  # the length in epochs is known only once the data is (checked in the callbacks)
-    if t.use_ema and t.num_train_epochs <= t.ema_warmup_epochs:
+    if t.max_steps > 0 or t.max_tokens or budget_is_length(t): return  # the length in epochs is known only once the data is (checked in the callbacks)
+    epochs = epochs_to_run(t)
+    if t.use_ema and epochs <= t.ema_warmup_epochs:
         raise ConfigError(f'training.use_ema: EMA starts after training.ema_warmup_epochs={t.ema_warmup_epochs} epochs, but the run '
-                          f'has training.num_train_epochs={t.num_train_epochs}; lower the warmup or train longer')
-    if s.use_dynamic_curriculum and t.num_train_epochs <= s.dynamic_curriculum_warmup:
+                          f'has {epochs} (training.num_train_epochs); lower the warmup or train longer')
+    if s.use_dynamic_curriculum and epochs <= s.dynamic_curriculum_warmup:
         raise ConfigError(f'sampling.use_dynamic_curriculum: reweighting starts after sampling.dynamic_curriculum_warmup='
-                          f'{s.dynamic_curriculum_warmup} epochs, but the run has training.num_train_epochs={t.num_train_epochs}')
+                          f'{s.dynamic_curriculum_warmup} epochs, but the run has {epochs} (training.num_train_epochs)')
 
 _LM_ONLY = {'training.label_smoothing': ('label_smoothing', 'use dpo.label_smoothing (conservative DPO) instead', ('dpo',)),
             'training.use_rdrop': ('use_rdrop', 'R-Drop regularises a language-model loss, not a preference loss', ('dpo',)),
             'training.aux_contrastive_weight': ('aux_contrastive_weight', 'the contrastive loss needs domain-labelled pretraining blocks',
-                                                ('dpo', 'sft'))}
+                                                ('dpo', 'sft')),
+            'training.max_tokens': ('max_tokens', 'a preference pair is not a token count: give training.max_steps or num_train_epochs', ('dpo',))}
 
 def check_sampling_applies(cfg:Config, rows:str|None):
     "Refuse `sampling.use_*` when the training rows are `rows` (SFT examples, DPO pairs): the samplers order pretraining blocks."
@@ -504,6 +534,7 @@ def check_combinations(cfg:Config, given:dict|None=None):
         if not isinstance(p, str) or not p:
             raise ConfigError(f"training.sample_prompts[{i}]: expected a non-empty string to continue, got {p!r}")
     _check_schedule(t)
+    _check_budget(t)
     _check_sampling(cfg)
     if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
         raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')

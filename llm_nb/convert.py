@@ -6,10 +6,10 @@ Docs: https://llm-nb.github.io/llm_nb/convert_config.html.md"""
 
 # %% ../nbs/00a_convert_config.ipynb #2c4c4f29
 from __future__ import annotations
-import dataclasses, re, shlex, sys, tempfile, typing
+import dataclasses, re, shlex, sys, typing
 from pathlib import Path
 import yaml
-from .config import Config, ConfigError, from_dict, load_config, read_config_file, read_utf8
+from .config import Config, ConfigError, config_from_dict, from_dict, read_config_file, read_utf8, unused_reason
 
 # %% auto #0
 __all__ = ['FORMATS', 'ORCHESTRATOR_KEYS', 'MARKERS', 'ACCELERATE', 'RENAMES', 'NO_EQUIVALENT', 'SECTION_ORDER', 'TYPE_SECTIONS',
@@ -190,12 +190,8 @@ def _valid_key(key:str) -> bool:
 
 def _refusal(d:dict, combinations:bool=True) -> ConfigError|None:
     """llm_nb's error for the config dict `d`, or `None`: its keys, types and ranges; with `combinations`, all of `load_config`'s
-    rules, applied to `d` written as the YAML `convert_command` writes."""
-    try:
-        if not combinations: from_dict(Config, d); return None
-        with tempfile.TemporaryDirectory() as tmp:
-            (p := Path(tmp)/'config.yaml').write_text(yaml.safe_dump(d, sort_keys=False))
-            load_config(p)
+    rules (`config_from_dict`, which `load_config` applies to what a file holds)."""
+    try: config_from_dict(d) if combinations else from_dict(Config, d)
     except ConfigError as e: return e
 
 def _leave_out(out:dict, report:list, key:str, why:str):
@@ -212,19 +208,11 @@ def _warmup(out:dict, report:list):
         _leave_out(out, report, 'training.warmup_ratio', f"warmup_steps takes precedence ({src}={t['warmup_steps']}; "
                    "HF and llm_nb use warmup_ratio only when warmup_steps is 0)")
 
-def _section_readers(d:dict) -> dict:
-    "The sections that only some training types read, each with `None` when the run of config dict `d` reads it, else which types do."
-    kind = d.get('training_type', Config().training_type)
-    lora = kind == 'lora' or (kind == 'dpo' and d.get('dpo', {}).get('use_lora', False))
-    return {'lora': None if lora else 'training_type lora, or dpo with dpo.use_lora', 'dpo': None if kind == 'dpo' else 'training_type dpo'}
-
-def _unused_sections(out:dict, report:list):
-    "Leave out the keys of the sections that this run's training type does not read."
-    kind = out.get('training_type', Config().training_type)
-    for sec, readers in _section_readers(out).items():
-        for s, k, n in list(report):
-            if readers and k and k.startswith(sec + '.'):
-                _leave_out(out, report, k, f"unused: only {readers} reads the {sec} section, and this run is {kind}")
+def _unused(out:dict, report:list):
+    "Leave out every converted key that this run would ignore, whatever its value, with `unused_reason`'s reason."
+    cfg = from_dict(Config, out)
+    for s, k, n in list(report):
+        if k and (why := unused_reason(cfg, k)): _leave_out(out, report, k, f'unused: {why}')
 
 # %% ../nbs/00a_convert_config.ipynb #6c0136e0
 def map_entries(entries, fmt:str) -> tuple[dict, list]:
@@ -248,7 +236,7 @@ def map_entries(entries, fmt:str) -> tuple[dict, list]:
     _precision(special, put)
     _training_type(special, fmt, out, put, report)
     _warmup(out, report)
-    _unused_sections(out, report)
+    _unused(out, report)
     return out, report
 
 # %% ../nbs/00a_convert_config.ipynb #18e140ec

@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from .config import TrainingConfig, ConfigError
 
 # %% auto #0
-__all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit', 'Callback',
-           'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden', 'head_ce',
-           'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
+__all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'NO_STEP_LIMIT', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit',
+           'Callback', 'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden',
+           'head_ce', 'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
            'WSDLambda', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator',
            'keep_freed_memory', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
            'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB',
@@ -280,6 +280,8 @@ def keep_freed_memory():
     _ALLOCATOR_TUNED = True
 
 # %% ../nbs/05_loop.ipynb #9d6447bf
+NO_STEP_LIMIT = 2**62   # `max_steps` of a run whose length is a time budget: `TimeBudgetCB` ends it
+
 @dataclass
 class TrainState:
     "Where training is: saved in every checkpoint, restored on resume."
@@ -507,8 +509,13 @@ class TrainMetricsCB(Callback):
             self.losses.append(learn.loss)
             for k, v in getattr(learn, 'step_metrics', {}).items(): self.extra.setdefault(k, []).append(v)
         self.samples += sum(len(b['input_ids']) for b in learn.batch)
-        if learn.state.step % self.every and learn.state.step != learn.max_steps: return
-        if not self.losses: return  # every step of the window was skipped: nothing to average yet
+        if learn.state.step % self.every == 0 or learn.state.step == learn.max_steps: self.log_window(learn)
+    def after_fit(self, learn):
+        "A run that ends between logging steps (a budget, early stopping) logs its last window: the final line shows a real loss."
+        if learn.error is None and learn.stop_reason != 'interrupted': self.log_window(learn)
+    def log_window(self, learn):
+        "Log the averages of the steps since the last log."
+        if not self.losses: return  # every step of the window was skipped, or it was just logged
         loss, tok, samples = torch.stack(self.losses).mean(), float(learn.state.tokens_seen - self.tok), float(self.samples)
         if learn.acc.num_processes > 1:  # the global batch's loss and throughput, not rank 0's share
             loss = learn.acc.reduce(loss, 'mean')
@@ -596,7 +603,17 @@ class TimeBudgetCB(Callback):
         "`Elapsed: X.XXh | Remaining: Y.YYh`."
         el = (time.time() - learn.t0) / 3600
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
-    def before_fit(self, learn): self.step0, self.el0 = learn.state.step, learn.state.elapsed
+    def before_fit(self, learn): self.step0, self.el0, self.forecast = learn.state.step, learn.state.elapsed, 10
+    def say_which_limit_binds(self, learn, el:float):
+        "After the first `forecast` steps of a session, say whether the budget or the run's steps (epochs, max_steps, max_tokens) will end it."
+        step, left = learn.state.step, learn.max_steps - learn.state.step
+        pace = (el - self.el0) / max(1, step - self.step0)
+        budget_steps = step + int((self.budget - el) / pace)
+        msg = (f"the {self.budget/3600:.2f} h budget is the run's length: about {budget_steps} steps at this pace" if learn.max_steps >= NO_STEP_LIMIT
+               else f"the time budget ({self.budget/3600:.2f} h) should end the run first, at about step {budget_steps} of {learn.max_steps}"
+               if budget_steps < learn.max_steps else
+               f"the run's {learn.max_steps} steps should end in about {(el + left * pace)/3600:.2f} h, before the {self.budget/3600:.2f} h budget")
+        learn.acc.print(f"At {pace:.2f} s/step, {msg}.")
     def elapsed(self, learn) -> float:
         "Training seconds so far: rank 0's on every rank, so that all ranks stop at the same step."
         el = time.time() - learn.t0
@@ -617,6 +634,7 @@ class TimeBudgetCB(Callback):
             print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
         self.decay_in_time(learn, el)
+        if learn.state.step - self.step0 == self.forecast: self.say_which_limit_binds(learn, el)
     def after_epoch(self, learn): print(self.status(learn))
 
 # %% ../nbs/05_loop.ipynb #81995abc
@@ -625,7 +643,7 @@ class ProgressCB(Callback):
     order = 100
     def __init__(self, refresh:int=10): self.refresh = refresh
     def before_fit(self, learn):
-        self.bar = tqdm(total=learn.max_steps, initial=learn.state.step, desc='train', dynamic_ncols=True,
+        self.bar = tqdm(total=None if learn.max_steps >= NO_STEP_LIMIT else learn.max_steps, initial=learn.state.step, desc='train', dynamic_ncols=True,
                         disable=not learn.acc.is_main_process)
         self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_step(self, learn):

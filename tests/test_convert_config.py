@@ -143,7 +143,7 @@ def test_from_scratch_leaves_out_lora(tmp_path, capsys):
     assert out['training_type'] == 'from_scratch' and 'lora' not in out and 'dpo' not in out
     left = not_converted(err)
     for k in ('r', 'lora_alpha', 'lora_dropout', 'target_modules', 'bias'):
-        assert left[f'training.lora.{k}'].startswith('unused: only training_type lora, or dpo with dpo.use_lora reads the lora section')
+        assert left[f'training.lora.{k}'] == 'unused: training_type=from_scratch trains no LoRA adapters (training_type=lora, or dpo with dpo.use_lora=true, does)'
     assert 'training.lora.r ' not in err.split('not converted:')[0]             # not under `converted:`
     load_config(tmp_path/'run.yaml')
 
