@@ -24,9 +24,9 @@ __all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'NO_STEP_LIMIT', 'Cance
            'Callback', 'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden',
            'head_ce', 'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
            'WSDLambda', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator',
-           'keep_freed_memory', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
-           'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB', 'TensorBoardCB',
-           'JsonlCB']
+           'keep_freed_memory', 'step_of', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB',
+           'NaNGuardCB', 'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB',
+           'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -281,6 +281,10 @@ def keep_freed_memory():
 
 # %% ../nbs/05_loop.ipynb #9d6447bf
 NO_STEP_LIMIT = 2**62   # `max_steps` of a run whose length is a time budget: `TimeBudgetCB` ends it
+
+def step_of(learn) -> str:
+    "`step/max_steps` for reports, or just `step` when a time budget is the run's length."
+    return f'{learn.state.step}' + ('' if learn.max_steps >= NO_STEP_LIMIT else f'/{learn.max_steps}')
 
 @dataclass
 class TrainState:

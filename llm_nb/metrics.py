@@ -423,7 +423,8 @@ class AlertsCB(Callback):
         learn.alerts, learn.active_alerts, learn.new_alerts = getattr(learn, 'alerts', []), getattr(learn, 'active_alerts', {}), []
     def after_log(self, learn):
         rec = learn.record
-        th = {k: v for k, v in self.thresholds.items() if not (k == 'learning_rate_min' and rec.get('step', 0) >= learn.max_steps)}
+        ending = rec.get('step', 0) >= learn.max_steps or learn.stop_reason is not None   # a schedule may end at 0 as the run ends
+        th = {k: v for k, v in self.thresholds.items() if not (k == 'learning_rate_min' and ending)}
         tripped = {a['metric']: a for a in check_alerts(rec, th)}
         learn.new_alerts = [a for m, a in tripped.items() if m not in learn.active_alerts]
         for m in [m for m in learn.active_alerts if m in rec and m not in tripped]: del learn.active_alerts[m]

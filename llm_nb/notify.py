@@ -11,7 +11,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from .config import ConfigError
-from .loop import Callback, finished_epoch, peak_memory_mb
+from .loop import Callback, finished_epoch, peak_memory_mb, step_of, NO_STEP_LIMIT, TimeBudgetCB
 from .metrics import gpu_utilization
 
 # %% auto #0
@@ -155,6 +155,8 @@ class EmailNotifyCB(Callback):
 
     def _eta(self, learn):
         done = learn.state.step - self.step0
+        tb = learn.cb(TimeBudgetCB)
+        if learn.max_steps >= NO_STEP_LIMIT and tb: return max(0.0, tb.budget - (time.time() - learn.t0))   # the budget is the length
         return (time.time() - self.t_start) / done * (learn.max_steps - learn.state.step) if done > 0 else float('nan')
 
     def _device(self, learn):
@@ -164,7 +166,7 @@ class EmailNotifyCB(Callback):
         return d
 
     def _progress(self, learn):
-        return dict(step=f'{learn.state.step}/{learn.max_steps}', elapsed=_hms(time.time() - learn.t0), eta=_hms(self._eta(learn)) if learn.state.step > self.step0 else 'unknown')
+        return dict(step=step_of(learn), elapsed=_hms(time.time() - learn.t0), eta=_hms(self._eta(learn)) if learn.state.step > self.step0 else 'unknown')
 
     def before_fit(self, learn):
         self.t_start = self.t_status = time.time()
@@ -177,10 +179,10 @@ class EmailNotifyCB(Callback):
         ep = finished_epoch(learn)   # None: max_steps or a stop ended the epoch early (no mail)
         if not ep or learn.state.step == self.step0: return   # nothing trained since the resume: the run before mailed this epoch
         m = latest_metrics(learn)
-        n_ep = math.ceil(learn.max_steps / learn.steps_per_epoch)
+        n_ep = '' if learn.max_steps >= NO_STEP_LIMIT else f'/{math.ceil(learn.max_steps / learn.steps_per_epoch)}'
         keys = ('loss', 'eval_loss', 'eval_perplexity', 'eval_token_accuracy')
-        body = dict(epoch=f'{ep}/{n_ep}', **self._progress(learn), **{k: m[k] for k in keys if k in m})
-        self._send(learn, f'epoch {ep}/{n_ep} done', _lines(body) + '\n')
+        body = dict(epoch=f'{ep}{n_ep}', **self._progress(learn), **{k: m[k] for k in keys if k in m})
+        self._send(learn, f'epoch {ep}{n_ep} done', _lines(body) + '\n')
 
     def after_step(self, learn):
         if self.every <= 0 or time.time() - self.t_status < self.every: return
@@ -189,7 +191,7 @@ class EmailNotifyCB(Callback):
         active = getattr(learn, 'active_alerts', {})
         body = (f"{_lines(self._progress(learn))}\n\nMetrics:\n{_lines(m)}\n\nDevice:\n{_lines(self._device(learn))}\n\n"
                 f"Active alerts:\n" + ('\n'.join(a['message'] for a in active.values()) or 'none') + '\n')
-        self._send(learn, f'status at step {learn.state.step}/{learn.max_steps}', body)
+        self._send(learn, f'status at step {step_of(learn)}', body)
 
     def after_log(self, learn):
         for a in getattr(learn, 'new_alerts', []):
@@ -198,6 +200,6 @@ class EmailNotifyCB(Callback):
     def after_fit(self, learn):
         m = latest_metrics(learn)
         what = 'training finished' if learn.stop_reason is None else f'training stopped ({learn.stop_reason})'
-        body = dict(step=f'{learn.state.step}/{learn.max_steps}', elapsed=_hms(learn.state.elapsed), **{k: v for k, v in m.items() if k != 'step'})
+        body = dict(step=step_of(learn), elapsed=_hms(learn.state.elapsed), **{k: v for k, v in m.items() if k != 'step'})
         self._send(learn, what, f"{what[0].upper() + what[1:]}.\n\n{_lines(body)}\n")
         self.mailer.close(self.close_timeout)
