@@ -13,7 +13,7 @@ import numpy as np, torch
 from safetensors.torch import save_model, load_model, load_file
 from .lora import is_peft, save_adapter_state, load_adapter_state
 from .config import STRATEGIES, greater_is_better
-from .loop import Callback, CancelFit, TrainState, finished_epoch
+from .loop import Callback, CancelFit, TrainState, finished_epoch, NO_STEP_LIMIT
 from .techniques import eval_metric
 
 # %% auto #0
@@ -364,7 +364,7 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     """The run's length in optimizer steps when it resumes checkpoint `meta` with training config `t` (`fresh`: the length
     from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
     t0 = (meta.get('config') or {}).get('training')
-    if t.max_steps > 0 or not t0: return fresh
+    if t.max_steps > 0 or not t0 or fresh >= NO_STEP_LIMIT: return fresh   # a time budget's open length stays open
     old = t0['per_device_train_batch_size'] * t0['gradient_accumulation_steps'] * meta.get('num_processes', num_processes)
     new = t.per_device_train_batch_size * t.gradient_accumulation_steps * num_processes
     step = meta['state']['step']

@@ -15,7 +15,7 @@ from .config import (Config, ConfigError, TokenizerConfig, load_config, save_con
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
-from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT,
+from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT, step_of,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
@@ -106,10 +106,10 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
 def run_steps(t, steps_per_epoch:int, tokens_per_step:float|None=None, sampler=None) -> int:
     """Optimizer steps to train: `max_steps`, else the first of the token budget and the epochs to run to end; a time budget
     that is the run's length leaves it open (`NO_STEP_LIMIT`: `TimeBudgetCB` ends the run)."""
-    if t.max_steps > 0: return t.max_steps
-    limits = [math.ceil(t.max_tokens / tokens_per_step)] if t.max_tokens else []
+    limits = [t.max_steps] if t.max_steps > 0 else []   # max_steps overrides epochs (HF); a token budget is a second limit
+    if t.max_tokens: limits.append(math.ceil(t.max_tokens / tokens_per_step))
     epochs = epochs_to_run(t)
-    if math.isfinite(epochs):  # curriculum epochs differ in length: the sampler counts them
+    if math.isfinite(epochs) and t.max_steps <= 0:  # curriculum epochs differ in length: the sampler counts them
         limits.append(sampler.steps_in(epochs, t.gradient_accumulation_steps) if sampler is not None else math.ceil(epochs * steps_per_epoch))
     return min(limits) if limits else NO_STEP_LIMIT
 
@@ -181,7 +181,7 @@ def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
     say(f"Data: {d['n_train']} train {d['unit']} of up to {d['seq_len']} tokens" +
         (f", {d['n_valid']} validation {d['unit']}" if d['valid_dl'] else '') +
-        f"; {d['max_steps']} steps of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} {d['unit']}; "
+        f"; {'steps until the time budget is spent' if d['max_steps'] >= NO_STEP_LIMIT else str(d['max_steps']) + ' steps'} of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} {d['unit']}; "
         f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
     return learn
 
@@ -213,7 +213,7 @@ def _train(cfg:Config, config_file, ck, meta, acc) -> Learner:
         if config_file: shutil.copy(config_file, out/f'config_used{Path(config_file).suffix}')
     learn.fit()
     if learn.stop_reason == 'interrupted':   # not finished: no final/, and `main` exits 128 + the signal's number
-        acc.print(f"Interrupted at step {learn.state.step} of {learn.max_steps}; no final/ (the run did not finish).")
+        acc.print(f"Interrupted at step {step_of(learn)}; no final/ (the run did not finish).")
         return learn
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}

@@ -180,7 +180,7 @@ def _check_budget(t:TrainingConfig):
                           "num_train_epochs, max_steps or max_tokens), so its number of steps is unknown and this schedule cannot be "
                           f"planned; use {', '.join(TIME_SCHEDULES)} (warmup_stable_decay, the default here, decays as the budget ends), "
                           "or give training.num_train_epochs, max_steps or max_tokens")
-    if t.warmup_ratio:
+    if t.warmup_ratio and not t.warmup_steps:   # warmup_steps wins when both are given
         raise ConfigError('training.warmup_ratio: a fraction of a run whose length is a time budget is unknown; give training.warmup_steps')
 
 # %% ../nbs/00_config.ipynb #0cf522d8

@@ -516,7 +516,10 @@ class TrainMetricsCB(Callback):
         if learn.state.step % self.every == 0 or learn.state.step == learn.max_steps: self.log_window(learn)
     def after_fit(self, learn):
         "A run that ends between logging steps (a budget, early stopping) logs its last window: the final line shows a real loss."
-        if learn.error is None and learn.stop_reason != 'interrupted': self.log_window(learn)
+        if learn.error is not None or learn.stop_reason == 'interrupted': return
+        try: self.log_window(learn)
+        except FloatingPointError as e: warnings.warn(str(e)); return   # the run is over: the other callbacks still clean up
+        learn._flush_log()   # now, while the loggers' after_fit has not closed them
     def log_window(self, learn):
         "Log the averages of the steps since the last log."
         if not self.losses: return  # every step of the window was skipped, or it was just logged
@@ -607,7 +610,10 @@ class TimeBudgetCB(Callback):
         "`Elapsed: X.XXh | Remaining: Y.YYh`."
         el = (time.time() - learn.t0) / 3600
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
-    def before_fit(self, learn): self.step0, self.el0, self.forecast = learn.state.step, learn.state.elapsed, 10
+    def before_fit(self, learn):
+        self.step0, self.el0, self.forecast = learn.state.step, learn.state.elapsed, 10
+        for f in getattr(learn.sched, 'lr_lambdas', []):   # resumed with budget left after a decay that ended: plan a new one
+            if isinstance(f, WSDLambda) and f.moved and sum(f.moved) <= learn.state.step and learn.state.elapsed < self.budget: f.moved = None
     def say_which_limit_binds(self, learn, el:float):
         "After the first `forecast` steps of a session, say whether the budget or the run's steps (epochs, max_steps, max_tokens) will end it."
         step, left = learn.state.step, learn.max_steps - learn.state.step
@@ -638,7 +644,7 @@ class TimeBudgetCB(Callback):
             print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
         self.decay_in_time(learn, el)
-        if learn.state.step - self.step0 == self.forecast: self.say_which_limit_binds(learn, el)
+        if self.forecast and learn.state.step - self.step0 >= self.forecast: self.say_which_limit_binds(learn, el); self.forecast = 0
     def after_epoch(self, learn): print(self.status(learn))
 
 # %% ../nbs/05_loop.ipynb #81995abc

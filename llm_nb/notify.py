@@ -172,7 +172,7 @@ class EmailNotifyCB(Callback):
         self.t_start = self.t_status = time.time()
         self.step0 = learn.state.step
         n = sum(p.numel() for p in learn.raw_model.parameters())
-        head = dict(max_steps=learn.max_steps, start_step=learn.state.step, parameters=n, **self._device(learn))
+        head = dict(max_steps='until the time budget is spent' if learn.max_steps >= NO_STEP_LIMIT else learn.max_steps, start_step=learn.state.step, parameters=n, **self._device(learn))
         self._send(learn, 'training started', f"Training started.\n\n{_lines(head)}\n\nConfig:\n{_lines(flatten_config(self.config))}\n")
 
     def after_epoch(self, learn):
