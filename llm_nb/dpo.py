@@ -373,8 +373,13 @@ class DPOMetricsCB(Callback):
         s, learn.task.train_sums = learn.task.train_sums, {}
         self.sums = {k: self.sums.get(k, 0) + v for k, v in s.items()}
         if learn.state.step % self.every and learn.state.step != learn.max_steps: return
+        self.log_window(learn)
+    def log_window(self, learn):
         if self.sums: learn.log(**dpo_metrics(_reduce(self.sums, learn.acc)))
         self.sums = {}
+    def after_fit(self, learn):
+        "A run that ends between logging steps (a budget, early stopping) logs its last window, as `TrainMetricsCB` does."
+        if learn.error is None and learn.stop_reason != 'interrupted': self.log_window(learn); learn._flush_log()
     def before_validate(self, learn): learn.task.eval_acc = {}
     def after_validate(self, learn):
         if not learn.task.eval_acc: return

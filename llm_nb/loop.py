@@ -644,7 +644,15 @@ class TimeBudgetCB(Callback):
             print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping.")
             raise CancelFit()
         self.decay_in_time(learn, el)
+        self.stop_after_decay(learn)
         if self.forecast and learn.state.step - self.step0 >= self.forecast: self.say_which_limit_binds(learn, el); self.forecast = 0
+    def stop_after_decay(self, learn):
+        "A decay planned for the budget that has reached a rate of 0 ends the run: more steps at rate 0 change nothing."
+        f = next(iter(getattr(learn.sched, 'lr_lambdas', [])), None)
+        if not (isinstance(f, WSDLambda) and f.moved and f.min_lr_ratio == 0 and learn.state.step >= sum(f.moved)): return
+        learn.stop_reason = 'time-limit'
+        print(f"The learning-rate decay planned for the time budget ended at step {learn.state.step}: stopping.")
+        raise CancelFit()
     def after_epoch(self, learn): print(self.status(learn))
 
 # %% ../nbs/05_loop.ipynb #81995abc

@@ -18,7 +18,7 @@ def test_a_time_budget_trains_past_the_epoch_until_it_is_spent(tmp_path, small, 
     learn = budget_run(tmp_path/'out', small, **{'training.max_training_hours': 0.002})   # 7.2 s
     assert learn.max_steps == NO_STEP_LIMIT and learn.stop_reason == 'time-limit'
     assert learn.state.epoch >= 2, learn.state.epoch                   # several epochs of the small corpus
-    assert learn.state.elapsed >= 7.2
+    assert learn.state.elapsed >= 0.9 * 7.2   # the decay planned for the budget may end (at rate 0) a few steps early
     out = capsys.readouterr().out
     assert "budget is the run's length: about" in out
     assert learn.sched.lr_lambdas[0].moved is not None                  # warmup-stable-decay decayed within the budget
