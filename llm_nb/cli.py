@@ -13,7 +13,7 @@ from accelerate.utils import broadcast_object_list
 from .config import (Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies,
                            epochs_to_run)
 from .tokenisation import load_tokenizer
-from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
+from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader, tokenise
 from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT, step_of,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
@@ -21,6 +21,7 @@ from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, la
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
                                resumed_max_steps, check_target)
 from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB, GenerationEvalCB, read_generation_pairs,
+                            BitsPerByteCB, bytes_per_token,
                            check_bertscore_model, generate_batch, bleu_rouge, bertscore)
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
@@ -93,6 +94,9 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         domains = rows['validation'].domains if 'validation' in rows else None
         if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
         with_index = sampler is not None or bool(cbs) or t.aux_contrastive_weight > 0   # batches carry their index and domain
+        if 'validation' in rows:   # eval_bpb: comparable across tokenizers (tokenise is cached: lm_datasets just ran it)
+            v = splits['validation']
+            cbs.append(BitsPerByteCB(bytes_per_token(v['text'], tokenise(v, tok)['input_ids'])))
         make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
                                                                  world_size=world, sampler=sampler, with_index=with_index, **loader_kw)
         task = LMTask()

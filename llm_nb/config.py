@@ -452,6 +452,7 @@ DOMAIN_METRICS = ('eval_<domain>_loss', 'eval_<domain>_perplexity', 'eval_<domai
 def eval_metrics(cfg:Config) -> list:
     "The metrics an evaluation of this run reports (`<domain>` stands for each domain's name)."
     names = list(DPO_EVAL_METRICS if cfg.training_type == 'dpo' else LM_EVAL_METRICS)
+    if cfg.training_type == 'from_scratch': names.append('eval_bpb')   # bits per byte of the validation text
     if cfg.evaluation.generation_file: names += GENERATION_METRICS + (BERTSCORE_METRICS if cfg.evaluation.bertscore_model else ())
     if cfg.data.domain_field and cfg.training_type != 'dpo': names += DOMAIN_METRICS
     return names

@@ -19,9 +19,9 @@ from .sft import read_records
 # %% auto #0
 __all__ = ['logger', 'PEAK_FLOPS', 'ALERT_RULES', 'table_peak', 'measure_cpu_peak', 'peak_flops', 'MFUCB', 'gpu_utilization',
            'GPUUtilCB', 'domain_sums', 'metric_name', 'domain_metrics', 'DomainEvalTask', 'DomainEvalCB',
-           'per_domain_eval', 'generate_batch', 'bleu_rouge', 'read_generation_pairs', 'check_bertscore_model',
-           'bertscore_layer', 'bertscore', 'main_process_result', 'GenerationEvalCB', 'plot_metrics', 'PlotsCB',
-           'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
+           'per_domain_eval', 'bytes_per_token', 'BitsPerByteCB', 'generate_batch', 'bleu_rouge',
+           'read_generation_pairs', 'check_bertscore_model', 'bertscore_layer', 'bertscore', 'main_process_result',
+           'GenerationEvalCB', 'plot_metrics', 'PlotsCB', 'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
 
 # %% ../nbs/08_metrics.ipynb #a2785140
 logger = logging.getLogger('llm_nb')
@@ -185,6 +185,19 @@ def per_domain_eval(model, dl, names, task=None, device=None, prefix='eval_') ->
     out = {f'{prefix}loss': loss, f'{prefix}perplexity': math.exp(min(loss, 50)), f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
     if t.sums is not None: out.update(domain_metrics(*t.sums, names, prefix))
     return out
+
+# %% ../nbs/08_metrics.ipynb #a28f7877
+def bytes_per_token(texts, ids_per_doc) -> float:
+    "UTF-8 bytes of `texts` per token of `ids_per_doc` (their ids without special tokens), one EOS per document counted."
+    n_bytes = sum(len(t.encode('utf-8')) for t in texts)
+    return n_bytes / sum(len(ids) + 1 for ids in ids_per_doc)
+
+class BitsPerByteCB(Callback):
+    "Add `eval_bpb` (bits per UTF-8 byte of the validation text) to every validation that has `eval_loss`."
+    order = 36
+    def __init__(self, bytes_per_token:float): self.bpt = bytes_per_token
+    def after_validate(self, learn):
+        if 'eval_loss' in learn.metrics: learn.metrics['eval_bpb'] = learn.metrics['eval_loss'] / (math.log(2) * self.bpt)
 
 # %% ../nbs/08_metrics.ipynb #3241847a
 @torch.no_grad()

@@ -31,3 +31,18 @@ def test_every_listed_name_is_accepted():
         assert load_config(None, cfg + [f'training.metric_for_best_model={name}']).training.metric_for_best_model == name
     for name in DPO_EVAL_METRICS:
         assert load_config(None, ['training_type=dpo', f'training.metric_for_best_model={name}']).training.metric_for_best_model == name
+
+def test_bits_per_byte_from_the_command_line(tmp_path):
+    "eval_bpb in the history equals eval_loss / (ln 2 · bytes per token), the ratio recomputed here from the eval files and the saved tokenizer."
+    from transformers import AutoTokenizer
+    from helpers import tiny_corpus, tiny_overrides
+    from llm_nb.cli import train
+    docs, held = tiny_corpus(tmp_path/'train', n=3), tmp_path/'held'
+    held.mkdir(); f = sorted(docs.glob('*.txt'))[0]; f.rename(held/f.name)
+    learn = train(load_config(None, tiny_overrides(tmp_path/'out', docs, steps=4, **{'data.eval_file': held, 'logging.report_to': '[none]'})))
+    texts = [p.read_text() for p in sorted(held.glob('*.txt'))]
+    tok = AutoTokenizer.from_pretrained(tmp_path/'out'/'final')
+    ratio = sum(len(t.encode()) for t in texts) / sum(len(i) + 1 for i in tok(texts, add_special_tokens=False)['input_ids'])
+    rec = [r for r in learn.history if 'eval_bpb' in r][-1]
+    assert math.isclose(rec['eval_bpb'], rec['eval_loss'] / (math.log(2) * ratio), rel_tol=1e-3)
+    assert 0.5 < ratio < 8 and rec['eval_bpb'] > 0
