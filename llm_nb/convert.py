@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/convert_config.html.md"""
 
 # %% ../nbs/00a_convert_config.ipynb #2c4c4f29
 from __future__ import annotations
-import dataclasses, re, shlex, sys, typing
+import dataclasses, os, re, shlex, sys, typing
 from pathlib import Path
 import yaml
 from .config import Config, ConfigError, config_from_dict, from_dict, read_config_file, read_utf8, unused_reason
@@ -274,6 +274,8 @@ def report_text(report, path, fmt) -> str:
 # %% ../nbs/00a_convert_config.ipynb #5c7615e1
 def convert_command(path, output=None, overwrite:bool=False) -> str:
     "`llm_nb convert-config`: the llm_nb YAML for the seed config `path`, printed or written to `output`; the report on stderr."
+    if output and Path(output).resolve() == Path(path).resolve():
+        raise ConfigError(f"--output {output} is the file being converted: choose another name")
     if output and Path(output).exists() and not overwrite:
         raise ConfigError(f"--output {output} exists: give --overwrite to replace it")
     d = read_source(path)
@@ -284,7 +286,8 @@ def convert_command(path, output=None, overwrite:bool=False) -> str:
     text = f"# llm_nb config converted by `llm_nb convert-config` from {path} ({FORMATS[fmt]})\n" + yaml.safe_dump(cfg, sort_keys=False)
     print(report_text(report, path, fmt), file=sys.stderr)
     if output:
-        Path(output).write_text(text)
+        tmp = Path(output).with_name(f'.{Path(output).name}.tmp')   # whole or not at all: an old file survives a failed write
+        tmp.write_text(text); os.replace(tmp, output)
         print(f"written to {output}", file=sys.stderr)
     else: print(text, end='')
     return text

@@ -23,10 +23,10 @@ from .config import TrainingConfig, ConfigError
 __all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'NO_STEP_LIMIT', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit',
            'Callback', 'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden',
            'head_ce', 'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
-           'WSDLambda', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision', 'make_accelerator',
-           'keep_freed_memory', 'step_of', 'TrainState', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB',
-           'NaNGuardCB', 'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB', 'plot_history', 'HistoryCB',
-           'TensorBoardCB', 'JsonlCB']
+           'WSDLambda', 'wsd_lambdas', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision',
+           'make_accelerator', 'keep_freed_memory', 'step_of', 'TrainState', 'Learner', 'perplexity', 'ClipGradCB',
+           'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB', 'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB',
+           'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #fd4c5375
 class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
@@ -233,6 +233,10 @@ class WSDLambda:
         p = min(1.0, (step - start) / max(1, n))
         f = {'linear': 1 - p, 'cosine': 0.5 * (1 + math.cos(math.pi * p)), '1-sqrt': 1 - math.sqrt(p)}[self.decay_type]
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * f
+
+def wsd_lambdas(sched) -> list:
+    "The `WSDLambda`s of `sched` (one per parameter group), or [] for any other schedule."
+    return [f for f in getattr(sched, 'lr_lambdas', []) if isinstance(f, WSDLambda)]
 
 def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
     "The learning-rate schedule `cfg.lr_scheduler_type`, shaped by `cfg.lr_scheduler_kwargs`, over `max_steps` optimizer steps."
@@ -453,6 +457,10 @@ def _check(self:Learner):
 Learner.fit, Learner.check, Learner._next_epoch, Learner._after_fit = _fit, _check, _next_epoch, _after_fit
 
 # %% ../nbs/05_loop.ipynb #28b5cc8b
+def perplexity(loss:float) -> float:
+    "exp of a mean loss in nats, capped at exp(50) so that a diverged run reports a number, not an overflow."
+    return math.exp(min(loss, 50))
+
 @torch.no_grad()
 def _validate(self:Learner, dl=None, prefix='eval_') -> dict:
     dl = dl or self.valid_dl
@@ -467,7 +475,7 @@ def _validate(self:Learner, dl=None, prefix='eval_') -> dict:
     if was_training: self.model.train()
     tot = {k: self.acc.reduce(v.float().reshape(1), 'sum').item() for k, v in tot.items()}
     loss = tot['loss'] / max(tot['n'], 1)
-    self.metrics = {f'{prefix}loss': loss, f'{prefix}perplexity': math.exp(min(loss, 50)),
+    self.metrics = {f'{prefix}loss': loss, f'{prefix}perplexity': perplexity(loss),
                     f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
     self.event('after_validate')
     return self.metrics
@@ -612,12 +620,12 @@ class TimeBudgetCB(Callback):
         return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
     def before_fit(self, learn):
         self.step0, self.el0, self.forecast = learn.state.step, learn.state.elapsed, 10
-        for f in getattr(learn.sched, 'lr_lambdas', []):   # resumed with budget left after a decay that ended: plan a new one
-            if isinstance(f, WSDLambda) and f.moved and sum(f.moved) <= learn.state.step and learn.state.elapsed < self.budget: f.moved = None
+        for f in wsd_lambdas(learn.sched):   # resumed with budget left after a decay that ended: plan a new one
+            if f.moved and sum(f.moved) <= learn.state.step and learn.state.elapsed < self.budget: f.moved = None
     def say_which_limit_binds(self, learn, el:float):
         "After the first `forecast` steps of a session, say whether the budget or the run's steps (epochs, max_steps, max_tokens) will end it."
         step, left = learn.state.step, learn.max_steps - learn.state.step
-        pace = (el - self.el0) / max(1, step - self.step0)
+        pace = max((el - self.el0) / max(1, step - self.step0), 1e-9)   # a report must never stop the run
         budget_steps = step + int((self.budget - el) / pace)
         msg = (f"the {self.budget/3600:.2f} h budget is the run's length: about {budget_steps} steps at this pace" if learn.max_steps >= NO_STEP_LIMIT
                else f"the time budget ({self.budget/3600:.2f} h) should end the run first, at about step {budget_steps} of {learn.max_steps}"
@@ -631,11 +639,11 @@ class TimeBudgetCB(Callback):
         return broadcast(torch.tensor([el], dtype=torch.float64, device=learn.acc.device)).item()
     def decay_in_time(self, learn, el:float):
         "Once the time left is `decay_ratio` of the budget, start a stable WSD schedule's decay over the steps that still fit."
-        f, step = next(iter(getattr(learn.sched, 'lr_lambdas', [])), None), learn.state.step
-        if not isinstance(f, WSDLambda) or f.moved or not f.warmup <= step < f.decay_start: return
-        if self.budget - el > f.decay_ratio * self.budget: return
+        fs, step = wsd_lambdas(learn.sched), learn.state.step
+        if not fs or fs[0].moved or not fs[0].warmup <= step < fs[0].decay_start: return
+        if self.budget - el > fs[0].decay_ratio * self.budget: return
         pace = (el - self.el0) / (step - self.step0)   # seconds per step in this session
-        for g in learn.sched.lr_lambdas: g.start_decay(step, min(max(1, round((self.budget - el) / pace)), learn.max_steps - step))
+        for g in fs: g.start_decay(step, min(max(1, round((self.budget - el) / pace)), learn.max_steps - step))
     def after_step(self, learn):
         if learn.acc.num_processes > 1 and (learn.state.step - self.step0) % self.every: return   # one collective per `every` steps
         el = self.elapsed(learn)
@@ -648,8 +656,8 @@ class TimeBudgetCB(Callback):
         if self.forecast and learn.state.step - self.step0 >= self.forecast: self.say_which_limit_binds(learn, el); self.forecast = 0
     def stop_after_decay(self, learn):
         "A decay planned for the budget that has reached a rate of 0 ends the run: more steps at rate 0 change nothing."
-        f = next(iter(getattr(learn.sched, 'lr_lambdas', [])), None)
-        if not (isinstance(f, WSDLambda) and f.moved and f.min_lr_ratio == 0 and learn.state.step >= sum(f.moved)): return
+        f = next(iter(wsd_lambdas(learn.sched)), None)
+        if not (f and f.moved and f.min_lr_ratio == 0 and learn.state.step >= sum(f.moved)): return
         learn.stop_reason = 'time-limit'
         print(f"The learning-rate decay planned for the time budget ended at step {learn.state.step}: stopping.")
         raise CancelFit()
@@ -718,7 +726,7 @@ class TensorBoardCB(Callback):
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.path))
         r = learn.record
-        if 'loss' in r: r = dict(r, train_perplexity=math.exp(min(r['loss'], 50)))   # as the perplexity plot draws it
+        if 'loss' in r: r = dict(r, train_perplexity=perplexity(r['loss']))   # as the perplexity plot draws it
         for k, v in r.items():
             if k != 'step' and isinstance(v, (int, float)): self.writer.add_scalar(k, v, r['step'])
     def after_fit(self, learn):

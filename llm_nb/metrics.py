@@ -13,7 +13,7 @@ from accelerate.utils import broadcast_object_list
 from .config import ConfigError, EvaluationConfig
 from .data import DataError
 from .model import context_length, fit_to_context, flops_per_token
-from .loop import Callback
+from .loop import Callback, perplexity
 from .sft import read_records
 
 # %% auto #0
@@ -138,7 +138,7 @@ def domain_metrics(loss, correct, n, names, prefix='eval_') -> dict:
         if float(n[i]) == 0: continue
         l = float(loss[i]) / float(n[i])
         k = f'{prefix}{metric_name(name)}_'
-        out.update({k+'loss': l, k+'perplexity': math.exp(min(l, 50)), k+'token_accuracy': float(correct[i]) / float(n[i])})
+        out.update({k+'loss': l, k+'perplexity': perplexity(l), k+'token_accuracy': float(correct[i]) / float(n[i])})
     return out
 
 # %% ../nbs/08_metrics.ipynb #90cebcf9
@@ -182,7 +182,7 @@ def per_domain_eval(model, dl, names, task=None, device=None, prefix='eval_') ->
         tot = {k: tot[k] + float(s[k]) for k in tot}
     if was_training: model.train()
     loss = tot['loss'] / max(tot['n'], 1)
-    out = {f'{prefix}loss': loss, f'{prefix}perplexity': math.exp(min(loss, 50)), f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
+    out = {f'{prefix}loss': loss, f'{prefix}perplexity': perplexity(loss), f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
     if t.sums is not None: out.update(domain_metrics(*t.sums, names, prefix))
     return out
 
@@ -339,7 +339,7 @@ def plot_metrics(history, folder) -> dict:
     "Write loss, perplexity, learning-rate and tokens/s PNGs of `history` into `folder`; returns {name: path}."
     from matplotlib.figure import Figure
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    hist = [dict(r, train_perplexity=math.exp(min(r['loss'], 50))) if 'loss' in r else r for r in history]
+    hist = [dict(r, train_perplexity=perplexity(r['loss'])) if 'loss' in r else r for r in history]
     paths = {}
     for name, (ylabel, series, scale) in _PLOTS.items():
         drawn = [(k, label, style, [(r['step'], r[k]) for r in hist if isinstance(r.get(k), (int, float))]) for k, label, style in series]

@@ -173,3 +173,8 @@ def test_error_naming_a_second_key(tmp_path, capsys):
     assert left['training.domain_weights'] == 'left out: sampling.domain_weights is set but sampling.use_domain_stratified is false'
     assert 'training.learning_rate' not in left and 'training.use_domain_stratified' not in left
     load_config(tmp_path/'run.yaml')
+
+def test_never_writes_over_its_input(tmp_path, capsys):
+    f = tmp_path/'args.json'; f.write_text(json.dumps(LORA_JSON)); before = f.read_text()
+    code, _, _ = run(['convert-config', str(f), '--output', str(f), '--overwrite'], capsys)
+    assert 'is the file being converted' in str(code) and f.read_text() == before
