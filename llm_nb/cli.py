@@ -191,11 +191,11 @@ def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
 
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
-    acc = refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: saving does not gather shards
+    t_start, acc = time.time(), refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: saving does not gather shards
     if cfg.evaluation.generation_file: read_generation_pairs(cfg.evaluation.generation_file)  # a bad row stops the run before any work
     lock, ck, meta = claim_run(cfg, acc)
     out = Path(cfg.output_dir)
-    try: return _train(cfg, config_file, ck, meta, acc)
+    try: return _train(cfg, config_file, ck, meta, acc, t_start)
     except Exception as e:  # our writers' DiskFullError, or a plain write into the output folder that found it full
         ours = isinstance(e, OSError) and is_disk_full(e) and out.resolve() in Path(e.filename or '/').resolve().parents
         if not (isinstance(e, DiskFullError) or ours): raise
@@ -207,7 +207,7 @@ def train(cfg:Config, config_file=None) -> Learner:
     finally:
         if lock: lock.release()
 
-def _train(cfg:Config, config_file, ck, meta, acc) -> Learner:
+def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
     learn = build_learner(cfg, ck, meta, acc)
     learn.check()   # callbacks refuse a run they cannot serve before anything is written: the corrected command can reuse the folder
     out = learn.output_dir
@@ -221,9 +221,13 @@ def _train(cfg:Config, config_file, ck, meta, acc) -> Learner:
         return learn
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}
-    acc.print(f"Done in {learn.state.elapsed/60:.1f} min: step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
+    hours = cfg.training.max_training_hours   # the budget counts training only: say so, and print both times
+    acc.print(f"Done in {(time.time() - t_start)/60:.1f} min ({learn.state.elapsed/60:.1f} min of training" +
+              (f" in the {hours:g} h budget, which counts training only" if hours else '') + "; the rest is tokenizer, data, "
+              f"final evaluation and saving): step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
               (f", eval loss {last['eval_loss']:.4f}" if 'eval_loss' in last else '') +
               (f", perplexity {last['eval_perplexity']:.2f}" if 'eval_perplexity' in last else '') +
+              (f", bits per byte {last['eval_bpb']:.4f}" if 'eval_bpb' in last else '') +
               (f", reward accuracy {last['eval_rewards/accuracies']:.3f}" if 'eval_rewards/accuracies' in last else '') +
               f". Model in {out/'final'}")
     return learn
@@ -254,7 +258,7 @@ def load_model_folder(path):
     return model, tok
 
 def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
-    "Loss, perplexity and token accuracy of the model in `model_path` on `data` or its training run's split."
+    "Loss, perplexity, token accuracy and bits per byte of the model in `model_path` on `data` or its training run's split."
     model, tok = load_model_folder(model_path)
     tc = Path(model_path).parent/'training_config.json'
     cfg = load_config(tc) if tc.exists() else Config()
@@ -266,8 +270,10 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     block = min(cfg.model.max_length, model.config.max_position_embeddings)
     blocks = lm_datasets(splits, tok, block, cfg.data.packing)[split]
     dl = lm_dataloader(blocks, batch_size, tok.pad_token_id, train=False)
-    m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision).validate(prefix='')
-    return dict(loss=m['loss'], perplexity=m['perplexity'], token_accuracy=m['token_accuracy'])
+    docs = splits[split]   # bits per byte: comparable across tokenizers (tokenise is cached: lm_datasets just ran it)
+    bpb = BitsPerByteCB(bytes_per_token(docs['text'], tokenise(docs, tok)['input_ids']))
+    m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision, cbs=[bpb]).validate()
+    return {k: m[f'eval_{k}'] for k in ('loss', 'perplexity', 'token_accuracy', 'bpb')}
 
 def evaluate_generation(model_path, data, max_new_tokens:int=64, batch_size:int=8, bertscore_model=None, bertscore_num_layers=None) -> dict:
     "`bleu`, `rouge1/2/L` (and `bertscore_*` with a local `bertscore_model`) of greedy continuations of the prompts in `data`."

@@ -12,14 +12,14 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'TIME_SCHEDULES', 'REPORTERS', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS',
+__all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'TIME_SCHEDULES', 'REPORTERS', 'FROM_SCRATCH', 'LM_EVAL_METRICS', 'DPO_EVAL_METRICS',
            'GENERATION_METRICS', 'BERTSCORE_METRICS', 'DOMAIN_METRICS', 'ConfigError', 'choice', 'ranged', 'rule_text',
            'satisfies', 'check_rule', 'ModelConfig', 'TokenizerConfig', 'DataConfig', 'TrainingConfig',
            'budget_is_length', 'epochs_to_run', 'SamplingConfig', 'LoraConfig', 'DPOConfig', 'LoggingConfig',
            'EvaluationConfig', 'NotificationsConfig', 'Config', 'coerce', 'from_dict', 'apply_override', 'read_utf8',
-           'read_config_file', 'apply_ablation', 'load_config', 'config_from_dict', 'eval_metrics', 'is_eval_metric',
-           'greater_is_better', 'check_sampling_applies', 'check_combinations', 'config_to_dict', 'save_config',
-           'changed_keys', 'unused_reason']
+           'read_config_file', 'apply_ablation', 'from_scratch_defaults', 'load_config', 'config_from_dict',
+           'eval_metrics', 'is_eval_metric', 'greater_is_better', 'check_sampling_applies', 'check_combinations',
+           'config_to_dict', 'save_config', 'changed_keys', 'unused_reason']
 
 # %% ../nbs/00_config.ipynb #a1c40338
 class ConfigError(ValueError):
@@ -114,7 +114,7 @@ class TrainingConfig:
     "The optimisation loop: length, batch, optimizer, schedule, evaluation, saving and techniques."
     num_train_epochs: float|None = ranged(None, '>0')  # None: one epoch, or as many as a budget (hours, tokens) allows
     max_steps: int = ranged(-1, '>=-1', '-1 or 0 = run num_train_epochs')  # > 0 overrides epochs
-    max_training_hours: float|None = ranged(None, '>0')  # a time budget: stop, checkpoint and export when reached
+    max_training_hours: float|None = ranged(None, '>0')  # a budget of training time (the final evaluation and export come after it): stop, checkpoint and export when reached
     max_tokens: int|None = ranged(None, '>0')           # a token budget: the run's length in training tokens
     per_device_train_batch_size: int = ranged(16, '>0')
     per_device_eval_batch_size: int = ranged(16, '>0')
@@ -394,6 +394,13 @@ def apply_ablation(cfg:Config):
     return cfg
 
 # %% ../nbs/00_config.ipynb #851b56f0
+FROM_SCRATCH = dict(learning_rate=1e-3, weight_decay=0.1)   # measured in "Defaults that win" below; HF's names
+
+def from_scratch_defaults(cfg:Config, given:dict) -> dict:
+    "The optimisation defaults of a model built from sizes (`training_type=from_scratch`, no `model.name_or_path`), for the keys `given` lacks."
+    if cfg.training_type != 'from_scratch' or cfg.model.name_or_path: return {}
+    return {k: v for k, v in FROM_SCRATCH.items() if k not in given.get('training', {})}
+
 def load_config(path=None, overrides=()) -> Config:
     "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types, ranges and combinations."
     d = read_config_file(path) if path else {}
@@ -406,6 +413,7 @@ def config_from_dict(d:dict) -> Config:
     if cfg.model.name_or_path and cfg.tokenizer.name_or_path is None:   # a pretrained model's ids mean its own tokenizer's tokens
         cfg.tokenizer.name_or_path = cfg.model.name_or_path
     t = cfg.training
+    for k, v in from_scratch_defaults(cfg, d).items(): setattr(t, k, v)   # a fine-tune keeps TrainingConfig's gentler defaults
     if budget_is_length(t) and not t.max_tokens and 'lr_scheduler_type' not in d.get('training', {}):
         t.lr_scheduler_type = 'warmup_stable_decay'   # the schedule a time budget can end annealed (see TIME_SCHEDULES)
     check_combinations(cfg, given=d)

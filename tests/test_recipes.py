@@ -49,7 +49,7 @@ def test_lora_then_evaluate_and_merge(tmp_path, base):
     assert (out/'checkpoints'/'step-4'/'adapter.safetensors').exists() and not (out/'checkpoints'/'step-4'/'model.safetensors').exists()
     r = run_cli('evaluate', '--model_path', out/'final', '--data', tiny_corpus(tmp_path/'docs', n=1), '--batch_size', '4')
     assert r.returncode == 0, r.stderr[-2000:]
-    assert set(json.loads(r.stdout.strip().splitlines()[-1])) == {'loss', 'perplexity', 'token_accuracy'}
+    assert set(json.loads(r.stdout.strip().splitlines()[-1])) == {'loss', 'perplexity', 'token_accuracy', 'bpb'}
     r = run_cli('merge-lora', '--adapter', out/'final', '--output', tmp_path/'merged')
     assert r.returncode == 0, r.stderr[-2000:]
     merged = AutoModelForCausalLM.from_pretrained(tmp_path/'merged')

@@ -53,9 +53,10 @@ def test_evaluate_cli_last_line_is_json(tiny_run):
     r = run_cli('evaluate', '--model_path', out/'final')
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert set(res) == {'loss', 'perplexity', 'token_accuracy'}
-    # the same validation split as training, so the same loss as the final evaluation
+    assert set(res) == {'loss', 'perplexity', 'token_accuracy', 'bpb'}   # interface.md's three, and bits per byte beside them
+    # the same validation split as training, so the same loss and bits per byte as the final evaluation
     assert res['loss'] == pytest.approx(learn.history[-1]['eval_loss'], abs=2e-3)
+    assert res['bpb'] == pytest.approx(learn.history[-1]['eval_bpb'], abs=2e-3)
     assert 0 < res['token_accuracy'] < 1
 
 def test_generate_cli(tiny_run):

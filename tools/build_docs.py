@@ -91,6 +91,8 @@ def _key(nb:Path) -> str:
     return h.hexdigest()
 
 def _worker_init():
+    import multiprocessing   # a spawned worker inherits `spawn`; a notebook's DataLoader workers fork, as under Jupyter on Linux
+    if 'fork' in multiprocessing.get_all_start_methods(): multiprocessing.set_start_method('fork', force=True)
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
