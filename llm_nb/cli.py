@@ -11,6 +11,7 @@ from pathlib import Path
 import torch, transformers
 from accelerate.utils import broadcast_object_list
 from .config import (Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies,
+                           from_dict, read_config_file,
                            epochs_to_run)
 from .tokenisation import load_tokenizer
 from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader, tokenise
@@ -221,9 +222,9 @@ def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
         return learn
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}
-    hours = cfg.training.max_training_hours   # the budget counts training only: say so, and print both times
-    acc.print(f"Done in {(time.time() - t_start)/60:.1f} min ({learn.state.elapsed/60:.1f} min of training" +
-              (f" in the {hours:g} h budget, which counts training only" if hours else '') + "; the rest is tokenizer, data, "
+    hours = cfg.training.max_training_hours   # the budget is the training loop's: say so, and print both times
+    acc.print(f"Done in {(time.time() - t_start)/60:.1f} min ({learn.state.elapsed/60:.1f} min of training" + (' over every session' if ck else '') +
+              (f" in the {hours:g} h budget, which ends before the final evaluation and export" if hours else '') + "; the rest is tokenizer, data, "
               f"final evaluation and saving): step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
               (f", eval loss {last['eval_loss']:.4f}" if 'eval_loss' in last else '') +
               (f", perplexity {last['eval_perplexity']:.2f}" if 'eval_perplexity' in last else '') +
@@ -261,7 +262,7 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     "Loss, perplexity, token accuracy and bits per byte of the model in `model_path` on `data` or its training run's split."
     model, tok = load_model_folder(model_path)
     tc = Path(model_path).parent/'training_config.json'
-    cfg = load_config(tc) if tc.exists() else Config()
+    cfg = from_dict(Config, read_config_file(tc)) if tc.exists() else Config()   # as the run resolved it (checked when it started; a run saved under older defaults must still load)
     if data is not None: splits = {split: read_documents(data, cfg.data.text_field)}
     else:
         splits = load_splits(cfg.data, cfg.seed)

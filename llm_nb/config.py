@@ -71,7 +71,7 @@ class ModelConfig:
     num_heads: int = ranged(6, '>0')
     d_ff: int = ranged(1536, '>0')
     max_length: int = ranged(256, '>=2', 'a block needs one input and one target token')  # context length
-    dropout: float = ranged(0.1, '[0,1)')           # embedding and residual dropout (GPT-2)
+    dropout: float = ranged(0.0, '[0,1)')           # embedding and residual dropout (GPT-2): none for single-pass pretraining, see "Defaults that win"
     attention_dropout: float = ranged(0.0, '[0,1)') # dropout on attention probabilities: off by default, see below
     load_in_4bit: bool = False
     load_in_8bit: bool = False
@@ -114,7 +114,7 @@ class TrainingConfig:
     "The optimisation loop: length, batch, optimizer, schedule, evaluation, saving and techniques."
     num_train_epochs: float|None = ranged(None, '>0')  # None: one epoch, or as many as a budget (hours, tokens) allows
     max_steps: int = ranged(-1, '>=-1', '-1 or 0 = run num_train_epochs')  # > 0 overrides epochs
-    max_training_hours: float|None = ranged(None, '>0')  # a budget of training time (the final evaluation and export come after it): stop, checkpoint and export when reached
+    max_training_hours: float|None = ranged(None, '>0')  # a budget of training-loop time (the final evaluation and export come after it): stop, checkpoint and export when reached
     max_tokens: int|None = ranged(None, '>0')           # a token budget: the run's length in training tokens
     per_device_train_batch_size: int = ranged(16, '>0')
     per_device_eval_batch_size: int = ranged(16, '>0')
@@ -393,14 +393,18 @@ def apply_ablation(cfg:Config):
         if f.name.startswith('use_'): setattr(cfg.sampling, f.name, False)
     return cfg
 
-# %% ../nbs/00_config.ipynb #851b56f0
-FROM_SCRATCH = dict(learning_rate=1e-3, weight_decay=0.1)   # measured in "Defaults that win" below; HF's names
+# %% ../nbs/00_config.ipynb #f3a4e426
+FROM_SCRATCH = dict(learning_rate=1e-3, weight_decay=0.1, lr_scheduler_type='warmup_stable_decay', warmup_steps=20)   # measured in "Defaults that win" above; HF's names
 
 def from_scratch_defaults(cfg:Config, given:dict) -> dict:
     "The optimisation defaults of a model built from sizes (`training_type=from_scratch`, no `model.name_or_path`), for the keys `given` lacks."
     if cfg.training_type != 'from_scratch' or cfg.model.name_or_path: return {}
-    return {k: v for k, v in FROM_SCRATCH.items() if k not in given.get('training', {})}
+    t = given.get('training', {})
+    out = {k: v for k, v in FROM_SCRATCH.items() if k not in t}
+    if 'warmup_ratio' in t or t.get('lr_scheduler_type') == 'constant': out.pop('warmup_steps', None)   # the config's warm-up, or none
+    return out
 
+# %% ../nbs/00_config.ipynb #851b56f0
 def load_config(path=None, overrides=()) -> Config:
     "Read `path` (YAML/JSON, optional), apply dotted `overrides`, check keys, types, ranges and combinations."
     d = read_config_file(path) if path else {}

@@ -649,8 +649,8 @@ class TimeBudgetCB(Callback):
         el = self.elapsed(learn)
         if el >= self.budget:
             learn.stop_reason = 'time-limit'
-            print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping (the budget counts training; "
-                  "the final evaluation and export follow).")
+            print(f"Time budget of {self.budget/3600:.2f}h reached at step {learn.state.step}: stopping (the final evaluation "
+                  "and export follow, outside the budget).")
             raise CancelFit()
         self.decay_in_time(learn, el)
         self.stop_after_decay(learn)
