@@ -14,7 +14,7 @@ from .config import (Config, ConfigError, TokenizerConfig, load_config, save_con
                            from_dict, read_config_file,
                            epochs_to_run)
 from .tokenisation import load_tokenizer
-from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader, tokenise
+from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
 from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
 from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT, step_of,
                          EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
@@ -22,7 +22,7 @@ from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, la
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
                                resumed_max_steps, check_target)
 from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB, GenerationEvalCB, read_generation_pairs,
-                            BitsPerByteCB, bytes_per_token,
+                            BitsPerByteCB,
                            check_bertscore_model, generate_batch, bleu_rouge, bertscore)
 from .notify import EmailNotifyCB
 from .samplers import check_sampling, block_fields, train_sampler
@@ -95,9 +95,8 @@ def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
         domains = rows['validation'].domains if 'validation' in rows else None
         if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
         with_index = sampler is not None or bool(cbs) or t.aux_contrastive_weight > 0   # batches carry their index and domain
-        if 'validation' in rows:   # eval_bpb: comparable across tokenizers (tokenise is cached: lm_datasets just ran it)
-            v = splits['validation']
-            cbs.append(BitsPerByteCB(bytes_per_token(v['text'], tokenise(v, tok)['input_ids'])))
+        if 'validation' in rows:   # eval_bpb: comparable across tokenizers
+            cbs.append(BitsPerByteCB.of(splits['validation'], tok))
         make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
                                                                  world_size=world, sampler=sampler, with_index=with_index, **loader_kw)
         task = LMTask()
@@ -271,8 +270,7 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     block = min(cfg.model.max_length, model.config.max_position_embeddings)
     blocks = lm_datasets(splits, tok, block, cfg.data.packing)[split]
     dl = lm_dataloader(blocks, batch_size, tok.pad_token_id, train=False)
-    docs = splits[split]   # bits per byte: comparable across tokenizers (tokenise is cached: lm_datasets just ran it)
-    bpb = BitsPerByteCB(bytes_per_token(docs['text'], tokenise(docs, tok)['input_ids']))
+    bpb = BitsPerByteCB.of(splits[split], tok)   # comparable across tokenizers
     m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision, cbs=[bpb]).validate()
     return {k: m[f'eval_{k}'] for k in ('loss', 'perplexity', 'token_accuracy', 'bpb')}
 

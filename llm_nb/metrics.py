@@ -11,7 +11,7 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 from accelerate.utils import broadcast_object_list
 from .config import ConfigError, EvaluationConfig
-from .data import DataError
+from .data import DataError, tokenise
 from .model import context_length, fit_to_context, flops_per_token
 from .loop import Callback, perplexity
 from .sft import read_records
@@ -196,6 +196,10 @@ class BitsPerByteCB(Callback):
     "Add `eval_bpb` (bits per UTF-8 byte of the validation text) to every validation that has `eval_loss`."
     order = 36
     def __init__(self, bytes_per_token:float): self.bpt = bytes_per_token
+    @classmethod
+    def of(cls, docs, tok):
+        "For the documents `docs` (a dataset with `text`) as `tok` splits them (tokenise is disk-cached: a second call is free)."
+        return cls(bytes_per_token(docs['text'], tokenise(docs, tok)['input_ids']))
     def after_validate(self, learn):
         if 'eval_loss' in learn.metrics: learn.metrics['eval_bpb'] = learn.metrics['eval_loss'] / (math.log(2) * self.bpt)
 
