@@ -64,7 +64,7 @@ def hf_trainer(out:Path, seed:int, corpus:str, tokenizer_dir:Path, tuned:bool, m
     from transformers import AutoTokenizer, Trainer, TrainingArguments, TrainerCallback
     from llm_nb.config import load_config, save_config
     from llm_nb.data import load_splits, lm_datasets
-    from llm_nb.loop import cpu_has_native_bf16
+    from llm_nb.precision import cpu_has_native_bf16
     from llm_nb.model import build_model
     cfg = load_config(None, [f'seed={seed}', 'model.dropout=0.0' if tuned else 'model.dropout=0.1', *data_overrides(corpus)])
     save_config(cfg, out/'training_config.json')   # `llm_nb evaluate` scores the same validation split

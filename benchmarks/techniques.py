@@ -12,7 +12,9 @@ import argparse, random, statistics, time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from llm_nb.config import TrainingConfig
-from llm_nb.loop import Learner, LMTask, Callback, ClipGradCB, NaNGuardCB, TrainMetricsCB, make_scheduler
+from llm_nb.loop import Learner, ClipGradCB, NaNGuardCB, TrainMetricsCB, make_scheduler
+from llm_nb.tasks import LMTask
+from llm_nb.callback import Callback
 from llm_nb.techniques import (EMACB, RDropTask, EarlyStoppingCB, CodeContrastiveCB, build_optimizer,
                                enable_gradient_checkpointing)
 

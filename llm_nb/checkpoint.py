@@ -10,10 +10,12 @@ import errno, fcntl, hashlib, json, os, random, shutil, signal, socket, sys, tim
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
-from safetensors.torch import save_model, load_model, load_file
+from safetensors.torch import save_model, load_model
 from .lora import is_peft, save_adapter_state, load_adapter_state
 from .config import STRATEGIES, greater_is_better
-from .loop import Callback, CancelFit, TrainState, finished_epoch, NO_STEP_LIMIT
+from .loop import TrainState, finished_epoch
+from .callback import Callback, CancelFit
+from .tasks import NO_STEP_LIMIT
 from .techniques import eval_metric
 
 # %% auto #0
@@ -27,35 +29,42 @@ __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'C
 class CheckpointError(RuntimeError):
     "A checkpoint that is missing, incomplete or corrupt; the message names the file."
 
+# %% ../nbs/09_checkpointing.ipynb #786115d4
 class DiskFullError(CheckpointError):
     "A write that ran out of space; the message names the folder, the space it needs and the space free."
 
+# %% ../nbs/09_checkpointing.ipynb #d8fbe388
 def is_disk_full(e:BaseException) -> bool:
     "An out-of-space error, from Python (`ENOSPC`, `EDQUOT`) or from safetensors' Rust writer (a `SafetensorError`)."
     if isinstance(e, DiskFullError) or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT): return True
     return isinstance(e, Exception) and ('No space left on device' in str(e) or 'StorageFull' in str(e))
 
+# %% ../nbs/09_checkpointing.ipynb #660a558c
 def disk_full_message(path, need:int=0) -> str:
     "What a full disk stopped: the folder, about how much it needs, how much is free."
     where = next(p for p in [Path(path), *Path(path).absolute().parents] if p.exists())
     return (f"no space left on the device writing {path}: " + (f"it needs about {need / 2**20:,.1f} MB, " if need else '') +
             f"{shutil.disk_usage(where).free / 2**20:,.1f} MB are free")
 
+# %% ../nbs/09_checkpointing.ipynb #1abcd632
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
 _UMASK = _umask()   # read once, at import: setting it briefly to 0 later could race with other threads' files
 
+# %% ../nbs/09_checkpointing.ipynb #255a0822
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
+# %% ../nbs/09_checkpointing.ipynb #ddbf822f
 def _fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
+# %% ../nbs/09_checkpointing.ipynb #b34ae8dc
 def atomic_folder(path, write, need:int=0):
     """Call `write(tmp_folder)`, add a manifest, fsync, then rename to `path` (replacing it). Nothing half-written
     survives; a full disk raises `DiskFullError` naming `path` and the `need`ed bytes. Files get the user's umask."""
@@ -84,6 +93,7 @@ def atomic_folder(path, write, need:int=0):
         raise
     return path
 
+# %% ../nbs/09_checkpointing.ipynb #1921f8d8
 def verify_folder(path):
     "Check every file of `path` against its manifest; raise `CheckpointError` naming the first bad one."
     path = Path(path)
@@ -103,6 +113,7 @@ def tensor_bytes(tensors) -> int:
     "Bytes of the tensors among `tensors` (a rough size of what saving them writes)."
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
+# %% ../nbs/09_checkpointing.ipynb #9c414615
 def save_hf(model, tok, path):
     "Save `model` (unwrapped) and `tok` as a standard HF folder, atomically."
     def write(tmp):
@@ -131,12 +142,14 @@ def rng_state() -> dict:
     return dict(python=random.getstate(), numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
+# %% ../nbs/09_checkpointing.ipynb #b4eb75d5
 def set_rng_state(s:dict):
     random.setstate(s['python'])
     np.random.set_state((s['numpy'][0], np.array(s['numpy'][1], dtype=np.uint32), *s['numpy'][2:]))
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+# %% ../nbs/09_checkpointing.ipynb #022d5228
 def _versions():
     import transformers, accelerate
     from llm_nb import __version__
@@ -150,6 +163,7 @@ def save_weights(model, folder):
     if is_peft(model): save_adapter_state(model, folder/'adapter.safetensors')
     else: save_model(model, str(folder/'model.safetensors'))
 
+# %% ../nbs/09_checkpointing.ipynb #e72bc3da
 def load_weights(model, folder):
     "Load what `save_weights` wrote into `model`; a missing, unexpected or misshapen tensor is an error naming the file."
     folder = Path(folder)
@@ -186,11 +200,13 @@ def save_checkpoint(learn, path, config:dict|None=None, tok=None):
         (tmp/'trainer_state.json').write_text(json.dumps(meta, indent=1))
     return atomic_folder(path, write, need=tensor_bytes(learn.raw_model.parameters()) + opt_bytes)
 
+# %% ../nbs/09_checkpointing.ipynb #4f9b82c0
 def _safe_load(path):
     try: return torch.load(path, weights_only=True)
     except Exception as e:  # weights_only refuses pickled code; anything else is corruption
         raise CheckpointError(f"{path}: refusing to load: not plain tensors and numbers ({type(e).__name__}: {str(e)[:200]})") from None
 
+# %% ../nbs/09_checkpointing.ipynb #78871e63
 def _restore_optimizer(learn, opt_state, sched_state, path):
     "The saved moments and schedule position, under this run's hyper-parameters (learning rates, betas, weight decay)."
     hyper = [{k: v for k, v in g.items() if k != 'params'} for g in learn.opt.param_groups]
@@ -206,6 +222,7 @@ def _restore_optimizer(learn, opt_state, sched_state, path):
     for g, lr in zip(learn.opt.param_groups, lrs): g['lr'] = lr
     learn.sched._last_lr = lrs
 
+# %% ../nbs/09_checkpointing.ipynb #ee0841ae
 def _resume_position(learn, meta):
     "Continue at the first sample not yet trained on, whatever batch size and process count consumed the others."
     st, t, n = learn.state, (meta.get('config') or {}).get('training', {}), learn.acc.num_processes
@@ -215,6 +232,7 @@ def _resume_position(learn, meta):
     st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', n) // n
     st.batch_in_epoch = st.samples_in_epoch // bs
 
+# %% ../nbs/09_checkpointing.ipynb #9da467ce
 def load_checkpoint(learn, path, verify:bool=True):
     "Restore `learn` from checkpoint folder `path` (verified first unless the caller just did)."
     path = verify_folder(path) if verify else Path(path)
@@ -236,6 +254,7 @@ def _step_of(path):
     try: return json.loads((path/'trainer_state.json').read_text())['state']['step']
     except Exception: return -1
 
+# %% ../nbs/09_checkpointing.ipynb #0c71e6f9
 def latest_checkpoint(folder):
     "The newest checkpoint under `folder` that passes verification, or None."
     folder = Path(folder)
@@ -251,6 +270,7 @@ class OutputDirError(CheckpointError):
 
 _HELD_LOCKS = set()  # descriptors of the output-folder locks this process holds
 
+# %% ../nbs/09_checkpointing.ipynb #7051efc2
 def _drop_locks_in_child():
     """A forked child (a DataLoader worker) points its copies at /dev/null: the lock must die with the run, not with its
     last worker (a `flock` lives while any copy of its descriptor is open). Not `close`: the number must not be reused."""
@@ -261,6 +281,7 @@ def _drop_locks_in_child():
 
 os.register_at_fork(after_in_child=_drop_locks_in_child)
 
+# %% ../nbs/09_checkpointing.ipynb #2d983481
 class OutputDirLock:
     "Exclusive use of a run's output folder while the run lives: `flock` on `<out>/.llm_nb.lock`, released at any exit."
     def __init__(self, out): self.out, self.file = Path(out), None
@@ -295,6 +316,7 @@ def run_results(out) -> list:
     "Names in `out` that hold a run's results (an empty `checkpoints/` does not count)."
     return [n for n in RUN_RESULTS if (p := Path(out)/n).exists() and not (p.is_dir() and not any(p.iterdir()))]
 
+# %% ../nbs/09_checkpointing.ipynb #7b83b662
 def clear_run_outputs(out) -> list:
     "Delete what a run writes in `out` (for `training.overwrite_output_dir`; call it once the new run is known to start)."
     out = Path(out)
@@ -303,6 +325,7 @@ def clear_run_outputs(out) -> list:
     if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
     return gone
 
+# %% ../nbs/09_checkpointing.ipynb #49d38b15
 def claim_output_dir(out, resume_from=None, overwrite:bool=False):
     """What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start
     afresh. With `overwrite` the previous run's outputs stay until the caller has built the new run (`clear_run_outputs`)."""
@@ -336,6 +359,7 @@ def _flat(d:dict) -> dict:
     "`section.key: value` (a dict value, such as `sampling.domain_weights`, compared whole)."
     return {k2: v2 for k, v in d.items() for k2, v2 in ({f'{k}.{f}': x for f, x in v.items()}.items() if isinstance(v, dict) else [(k, v)])}
 
+# %% ../nbs/09_checkpointing.ipynb #a92ebd80
 def resume_changes(saved:dict, new:dict) -> tuple:
     "The settings of `new` that differ from a checkpoint's `saved` config: `(refused, accepted)`, each line 'key: old → new'."
     a, b = _flat(saved), _flat(new)
@@ -360,6 +384,7 @@ def check_resume(ck, config:dict) -> dict:
     if accepted: print(f"Resuming {ck} with changed settings, applied from step {meta['state']['step'] + 1}:\n  " + '\n  '.join(accepted))
     return meta
 
+# %% ../nbs/09_checkpointing.ipynb #e7247830
 def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     """The run's length in optimizer steps when it resumes checkpoint `meta` with training config `t` (`fresh`: the length
     from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
@@ -373,7 +398,7 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
 # %% ../nbs/09_checkpointing.ipynb #04c03b3b
 class CheckpointCB(Callback):
     "Checkpoints under `<output_dir>/checkpoints`: periodic by `strategy` (`steps`, `epoch` or `no`), at the time limit and on a signal."
-    order = 200
+    order = 200   # before EMACB (210): in after_validate it sees the EMA weights, in after_step and after_fit the raw ones
     def __init__(self, output_dir, save_steps:int=1000, save_total_limit:int=3, config:dict|None=None, tok=None, handle_signals=True,
                  strategy:str='steps'):
         if strategy not in STRATEGIES: raise ValueError(f"training.save_strategy={strategy!r}: must be one of {', '.join(STRATEGIES)}")
@@ -418,7 +443,7 @@ class CheckpointCB(Callback):
 # %% ../nbs/09_checkpointing.ipynb #925d6d3d
 class BestModelCB(Callback):
     "Export an HF folder to `<output_dir>/best` each time `metric` improves; skip, with a warning, an evaluation without it."
-    order = 190
+    order = 190   # before EMACB (210), which swaps the EMA weights in for validation and out after it
     def __init__(self, output_dir, tok=None, metric='eval_loss'):
         self.path, self.tok, self.metric = Path(output_dir)/'best', tok, metric
     def after_validate(self, learn):

@@ -6,39 +6,36 @@ Docs: https://llm-nb.github.io/llm_nb/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #6c145e48
 from __future__ import annotations
-import argparse, json, math, shutil, sys, time, warnings
+import argparse, json, shutil, sys, time, warnings
 from pathlib import Path
 import torch, transformers
 from accelerate.utils import broadcast_object_list
-from .config import (Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, check_sampling_applies,
-                           from_dict, read_config_file,
-                           epochs_to_run)
+from .config import Config, ConfigError, TokenizerConfig, load_config, save_config, config_to_dict, from_dict, read_config_file
 from .tokenisation import load_tokenizer
-from .data import DataError, DataConfig, load_splits, read_documents, lm_datasets, lm_dataloader
-from .model import build_model, compile_model, describe, require_safetensors, fit_to_context, context_length
-from .loop import (Learner, LMTask, make_accelerator, make_scheduler, ClipGradCB, TrainMetricsCB, NO_STEP_LIMIT, step_of,
-                         EvalCB, ProgressCB, HistoryCB, TensorBoardCB, JsonlCB, TimeBudgetCB)
-from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, CheckpointError, DiskFullError,
+from .data import DataError, load_splits, read_documents, lm_datasets, lm_dataloader
+from .model import compile_model, describe, require_safetensors, fit_to_context, context_length
+from .precision import make_accelerator, keep_freed_memory
+from .tasks import LMTask, NO_STEP_LIMIT, headline, docs_bytes_per_token, row_length
+from .loop import (Learner, make_scheduler, ClipGradCB, TrainMetricsCB, step_of, EvalCB, ProgressCB, HistoryCB, TensorBoardCB,
+                         JsonlCB, TimeBudgetCB)
+from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, DiskFullError, CheckpointError,
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
                                resumed_max_steps, check_target)
-from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, DomainEvalCB, GenerationEvalCB, read_generation_pairs,
-                            BitsPerByteCB,
-                           check_bertscore_model, generate_batch, bleu_rouge, bertscore)
+from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, GenerationEvalCB, read_generation_pairs, check_bertscore_model,
+                            generate_batch, bleu_rouge, bertscore)
 from .notify import EmailNotifyCB
-from .samplers import check_sampling, block_fields, train_sampler
-from .sft import wants_sft, sft_splits, sft_datasets, sft_dataloader, SFTTask, ensure_chat_template, prepare_model_for_chat, example_texts
-from .lora import lora_model, describe_trainable, is_peft, is_quantised, merge_lora, lora_base
+from .sft import wants_sft, SFTTask, ensure_chat_template, prepare_model_for_chat
+from .lora import training_model, describe_trainable, is_peft, merge_lora, lora_base
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
 from .convert import FORMATS, file_format, convert_command
 from .distributed import refuse_sharded
-from .dpo import (preference_splits, preference_texts, encode_pairs, dpo_dataloader, DPOTask, DPOMetricsCB, frozen_copy,
-                        precompute_ref_logps, disable_dropout)
+from .dpo import DPOTask
 
 # %% auto #0
-__all__ = ['config_callbacks', 'claim_run', 'training_data', 'run_steps', 'dpo_setup', 'build_learner', 'train', 'find_lr',
-           'load_model_folder', 'evaluate', 'evaluate_generation', 'merge', 'check_sampling_args', 'generate',
-           'load_run_config', 'main']
+__all__ = ['TASKS', 'config_callbacks', 'claim_run', 'task_for', 'run_tokenizer', 'build_learner', 'describe_run', 'train',
+           'find_lr', 'load_model_folder', 'evaluate', 'evaluate_generation', 'merge', 'check_sampling_args',
+           'generate', 'load_run_config', 'main']
 
 # %% ../nbs/11_cli.ipynb #24efdb72
 def config_callbacks(cfg:Config, tok, out:Path) -> list:
@@ -58,6 +55,7 @@ def config_callbacks(cfg:Config, tok, out:Path) -> list:
     if n.email_to: cbs.append(EmailNotifyCB(n.email_to, n.status_every_minutes, config_to_dict(cfg), cfg.logging.run_name))
     return cbs + technique_callbacks(t, tok, out)
 
+# %% ../nbs/11_cli.ipynb #1c031b88
 def claim_run(cfg:Config, acc) -> tuple:
     """Lock `cfg.output_dir` for this run and decide, on the main process of `acc`, whether it resumes; every process gets
     the answer (or the error) before any work. Returns `(lock or None, checkpoint or None, its metadata or None)`."""
@@ -76,123 +74,61 @@ def claim_run(cfg:Config, acc) -> tuple:
     return lock, Path(ans[1]) if ans[1] else None, ans[2]
 
 # %% ../nbs/11_cli.ipynb #e40b5083
-def _is_sft(cfg:Config) -> bool: return cfg.training_type == 'sft' or (cfg.training_type == 'lora' and wants_sft(cfg.data))
+TASKS = {'from_scratch': LMTask, 'sft': SFTTask, 'dpo': DPOTask}   # training_type -> its task
 
-def training_data(cfg:Config, splits, tok, block:int, acc) -> dict:
-    "Loaders, task, optimizer-step count and extra callbacks for `cfg.training_type` (pretraining blocks or SFT rows)."
-    t, rank, world = cfg.training, acc.process_index, acc.num_processes
-    loader_kw = _loader_kw(t)
-    if _is_sft(cfg):
-        check_sampling_applies(cfg, 'SFT examples')   # load_config knows only training_type=sft; a LoRA run learns it from the data
-        rows = sft_datasets(splits, tok, block, cfg.data.packing)
-        make = lambda r, bs, train, **kw: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank, world_size=world, **loader_kw)
-        task, sampler, cbs = SFTTask(), None, []
-    else:
-        check_sampling(cfg.sampling, block)
-        rows = lm_datasets(splits, tok, block, cfg.data.packing, **block_fields(cfg.sampling, cfg.data))
-        sampler, cbs = train_sampler(cfg.sampling, cfg.data, rows['train'], t.per_device_train_batch_size, cfg.seed, rank, world,
-                                     t.logging_steps)
-        domains = rows['validation'].domains if 'validation' in rows else None
-        if domains: cbs.append(DomainEvalCB(domains))  # eval_<domain>_loss/_perplexity/_token_accuracy in the same pass
-        with_index = sampler is not None or bool(cbs) or t.aux_contrastive_weight > 0   # batches carry their index and domain
-        if 'validation' in rows:   # eval_bpb: comparable across tokenizers
-            cbs.append(BitsPerByteCB.of(splits['validation'], tok))
-        make = lambda r, bs, train, sampler=None: lm_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=rank,
-                                                                 world_size=world, sampler=sampler, with_index=with_index, **loader_kw)
-        task = LMTask()
-    train_dl = make(rows['train'], t.per_device_train_batch_size, True, sampler=sampler)
-    valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
-    row_tokens = (sum(len(r['input_ids']) for r in rows['train']) / max(1, len(rows['train']))) if _is_sft(cfg) else block
-    max_steps = run_steps(t, _steps_per_epoch(train_dl, t), row_tokens * t.per_device_train_batch_size * t.gradient_accumulation_steps * world, sampler)
-    return dict(train_dl=train_dl, valid_dl=valid_dl, task=task, max_steps=max_steps, cbs=cbs, seq_len=block, unit='rows' if _is_sft(cfg) else 'blocks',
-                n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
+def task_for(cfg:Config) -> type:
+    "The task class of `cfg.training_type`; LoRA adapts a model to SFT examples or to documents, as its data says."
+    if cfg.training_type == 'lora': return SFTTask if wants_sft(cfg.data) else LMTask
+    return TASKS[cfg.training_type]
 
-def run_steps(t, steps_per_epoch:int, tokens_per_step:float|None=None, sampler=None) -> int:
-    """Optimizer steps to train: `max_steps`, else the first of the token budget and the epochs to run to end; a time budget
-    that is the run's length leaves it open (`NO_STEP_LIMIT`: `TimeBudgetCB` ends the run)."""
-    limits = [t.max_steps] if t.max_steps > 0 else []   # max_steps overrides epochs (HF); a token budget is a second limit
-    if t.max_tokens: limits.append(math.ceil(t.max_tokens / tokens_per_step))
-    epochs = epochs_to_run(t)
-    if math.isfinite(epochs) and t.max_steps <= 0:  # curriculum epochs differ in length: the sampler counts them
-        limits.append(sampler.steps_in(epochs, t.gradient_accumulation_steps) if sampler is not None else math.ceil(epochs * steps_per_epoch))
-    return min(limits) if limits else NO_STEP_LIMIT
+# %% ../nbs/11_cli.ipynb #9cb655e7
+def run_tokenizer(cfg:Config, texts, ck=None):
+    "The run's tokenizer: the checkpoint's on a resume (so ids cannot drift), else `cfg.tokenizer` (trained on `texts()` if it says so)."
+    if ck is not None and (ck/'tokenizer').exists(): return load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
+    return load_tokenizer(cfg.tokenizer, list(texts()) if cfg.tokenizer.name_or_path is None else None)
 
-def _loader_kw(t) -> dict:
-    "`epoch_loader`'s worker and pinning settings from `training.dataloader_*`."
-    return dict(num_workers=t.dataloader_num_workers, pin_memory=t.dataloader_pin_memory)
-
-def _steps_per_epoch(train_dl, t) -> int:
-    n = len(train_dl) // t.gradient_accumulation_steps
-    if n == 0: raise DataError(f"one optimizer step needs {t.gradient_accumulation_steps} batches; the data has {len(train_dl)}")
-    return n
-
-def dpo_setup(cfg:Config, acc, ck=None) -> tuple:
-    "Tokenizer, model (reference handled: frozen copy, adapters off, or precomputed) and `training_data`'s dict for `training_type: dpo`."
-    d, t = cfg.dpo, cfg.training
-    splits = preference_splits(cfg.data, cfg.seed, 'skip' if d.skip_bad_rows else 'error')
-    if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
-    else: tok = load_tokenizer(cfg.tokenizer, list(preference_texts(splits['train'])))
-    tok = ensure_chat_template(tok)
-    lora = d.use_lora or cfg.model.load_in_4bit or cfg.model.load_in_8bit
-    model = disable_dropout(prepare_model_for_chat(lora_model(cfg, tok) if lora else build_model(cfg.model, tok), tok))
-    max_len = min(d.max_length, getattr(model.config, 'max_position_embeddings', d.max_length))
-    rows = {k: encode_pairs(tok, v, max_len, min(d.max_prompt_length, max_len - 1)) for k, v in splits.items()}
-    ref = None
-    if not d.reference_free:
-        if d.precompute_ref_log_probs:  # the initial weights are the reference, so a resume finds the same cache file
-            if not is_quantised(model): model.to(acc.device)
-            for k in rows: rows[k] = precompute_ref_logps(model, rows[k], tok.pad_token_id, batch_size=t.per_device_eval_batch_size,
-                                                          key_extra=acc.mixed_precision, autocast=acc.autocast, accelerator=acc)
-        elif not is_peft(model): ref = frozen_copy(model).to(acc.device)  # a peft model's reference is itself with adapters off
-    make = lambda r, bs, train: dpo_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=acc.process_index,
-                                               world_size=acc.num_processes, **_loader_kw(t))
-    train_dl = make(rows['train'], t.per_device_train_batch_size, True)
-    valid_dl = make(rows['validation'], t.per_device_eval_batch_size, False) if 'validation' in rows else None
-    max_steps = run_steps(t, _steps_per_epoch(train_dl, t))
-    return tok, model, dict(train_dl=train_dl, valid_dl=valid_dl, task=DPOTask.from_config(d, ref_model=ref, autocast=acc.autocast),
-                            max_steps=max_steps, cbs=[DPOMetricsCB(t.logging_steps)], seq_len=max_len, unit='pairs',
-                            n_train=len(rows['train']), n_valid=len(rows['validation']) if 'validation' in rows else 0)
-
+# %% ../nbs/11_cli.ipynb #96188531
 def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     "Everything `cfg` describes, assembled and described: tokenizer, model, data, task, optimizer, schedule, callbacks; resumed from checkpoint `ck` (metadata `meta`) if given."
-    out = Path(cfg.output_dir)
-    acc = acc or refuse_sharded(make_accelerator(cfg.training.mixed_precision))
-    say = acc.print
+    out, t = Path(cfg.output_dir), cfg.training
+    acc = acc or refuse_sharded(make_accelerator(t.mixed_precision))
     transformers.set_seed(cfg.seed)
-    t = cfg.training
-    if cfg.training_type == 'dpo': tok, model, d = dpo_setup(cfg, acc, ck)
-    else:
-        sft = _is_sft(cfg)
-        splits = sft_splits(cfg.data, cfg.seed) if sft else load_splits(cfg.data, cfg.seed)
-        if ck is not None and (ck/'tokenizer').exists(): tok = load_tokenizer(TokenizerConfig(name_or_path=str(ck/'tokenizer')))
-        else: tok = load_tokenizer(cfg.tokenizer, list(example_texts(splits['train'])) if sft else splits['train']['text'])
-        if sft: tok = ensure_chat_template(tok)
-        model = lora_model(cfg, tok) if cfg.training_type == 'lora' else build_model(cfg.model, tok)
-        if sft: prepare_model_for_chat(model, tok)
-        block = min(cfg.model.max_length, getattr(model.config, 'max_position_embeddings', cfg.model.max_length))
-        d = training_data(cfg, splits, tok, block, acc)
+    kind = task_for(cfg)
+    splits = kind.read_splits(cfg)
+    tok = run_tokenizer(cfg, lambda: kind.texts(splits['train']), ck)
+    if kind.chat: tok = ensure_chat_template(tok)
+    model = training_model(cfg, tok)
+    if kind.chat: prepare_model_for_chat(model, tok)
+    d = kind.prepare(cfg, splits, tok, model, acc)
     if t.compile: compile_model(model)  # in place, block by block: parameter names, checkpoints and exports stay plain
     opt = build_optimizer(model, t)
-    if ck is not None: d['max_steps'] = resumed_max_steps(meta, t, d['max_steps'], acc.num_processes)
-    learn = Learner(model, d['train_dl'], d['valid_dl'], technique_task(t, d['task']), opt, make_scheduler(opt, t, d['max_steps']),
-                    config_callbacks(cfg, tok, out) + d['cbs'], max_steps=d['max_steps'], grad_accum=t.gradient_accumulation_steps,
-                    accelerator=acc)
+    if ck is not None: d.max_steps = resumed_max_steps(meta, t, d.max_steps, acc.num_processes)
+    learn = Learner(model, d.train_dl, d.valid_dl, technique_task(t, d.task), opt, make_scheduler(opt, t, d.max_steps),
+                    config_callbacks(cfg, tok, out) + d.cbs, max_steps=d.max_steps, grad_accum=t.gradient_accumulation_steps, accelerator=acc)
     learn.tok, learn.output_dir = tok, out
     if ck is not None:
         load_checkpoint(learn, ck, verify=False)  # claim_output_dir verified it
-        say(f"Resumed from {ck} at step {learn.state.step} (sample {learn.state.samples_in_epoch} of epoch {learn.state.epoch} on each process)")
-    say(describe(learn.raw_model, d['seq_len']))
-    if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
-    say(f"Data: {d['n_train']} train {d['unit']} of up to {d['seq_len']} tokens" +
-        (f", {d['n_valid']} validation {d['unit']}" if d['valid_dl'] else '') +
-        f"; {'steps until the time budget is spent' if d['max_steps'] >= NO_STEP_LIMIT else str(d['max_steps']) + ' steps'} of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} {d['unit']}; "
-        f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
+        acc.print(f"Resumed from {ck} at step {learn.state.step} (sample {learn.state.samples_in_epoch} of epoch {learn.state.epoch} on each process)")
+    describe_run(learn, d, t)
     return learn
 
+# %% ../nbs/11_cli.ipynb #3edefc9c
+def describe_run(learn:Learner, d, t):
+    "Print the model, its trainable part (adapters), the data and the run's length, precision and device."
+    say, acc, unit = learn.acc.print, learn.acc, learn.task.unit
+    say(describe(learn.raw_model, d.seq_len))
+    if is_peft(learn.raw_model): say(describe_trainable(learn.raw_model))
+    steps = 'steps until the time budget is spent' if d.max_steps >= NO_STEP_LIMIT else f'{d.max_steps} steps'
+    say(f"Data: {d.n_train} train {unit} of up to {d.seq_len} tokens" + (f", {d.n_valid} validation {unit}" if d.valid_dl else '') +
+        f"; {steps} of {t.per_device_train_batch_size * t.gradient_accumulation_steps * acc.num_processes} {unit}; "
+        f"precision {acc.mixed_precision}; device {acc.device}" + (f"; {acc.num_processes} processes" if acc.num_processes > 1 else ""))
+
+# %% ../nbs/11_cli.ipynb #173e1ff2
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
     t_start, acc = time.time(), refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: saving does not gather shards
     if cfg.evaluation.generation_file: read_generation_pairs(cfg.evaluation.generation_file)  # a bad row stops the run before any work
+    keep_freed_memory()   # a process-wide allocator choice (see precision): made here, explicitly, for the CPU's sake
     lock, ck, meta = claim_run(cfg, acc)
     out = Path(cfg.output_dir)
     try: return _train(cfg, config_file, ck, meta, acc, t_start)
@@ -207,6 +143,7 @@ def train(cfg:Config, config_file=None) -> Learner:
     finally:
         if lock: lock.release()
 
+# %% ../nbs/11_cli.ipynb #69f7605b
 def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
     learn = build_learner(cfg, ck, meta, acc)
     learn.check()   # callbacks refuse a run they cannot serve before anything is written: the corrected command can reuse the folder
@@ -221,17 +158,14 @@ def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
         return learn
     if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
     last = {k: v for r in learn.history for k, v in r.items()}
-    hours = cfg.training.max_training_hours   # the budget is the training loop's: say so, and print both times
+    hours, shown = cfg.training.max_training_hours, headline(learn.task, last)   # the budget is the training loop's: say so, and print both times
     acc.print(f"Done in {(time.time() - t_start)/60:.1f} min ({learn.state.elapsed/60:.1f} min of training" + (' over every session' if ck else '') +
               (f" in the {hours:g} h budget, which ends before the final evaluation and export" if hours else '') + "; the rest is tokenizer, data, "
-              f"final evaluation and saving): step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" +
-              (f", eval loss {last['eval_loss']:.4f}" if 'eval_loss' in last else '') +
-              (f", perplexity {last['eval_perplexity']:.2f}" if 'eval_perplexity' in last else '') +
-              (f", bits per byte {last['eval_bpb']:.4f}" if 'eval_bpb' in last else '') +
-              (f", reward accuracy {last['eval_rewards/accuracies']:.3f}" if 'eval_rewards/accuracies' in last else '') +
+              f"final evaluation and saving): step {learn.state.step}, train loss {last.get('loss', float('nan')):.4f}" + (f", {shown}" if shown else '') +
               f". Model in {out/'final'}")
     return learn
 
+# %% ../nbs/11_cli.ipynb #e6bff80f
 def find_lr(cfg:Config, num_steps:int=100) -> dict:
     "`lr_find` on the run `cfg` describes (nothing is trained or saved but `plots/lr_find.png`)."
     learn = build_learner(cfg)
@@ -257,6 +191,7 @@ def load_model_folder(path):
     if tok.pad_token is None: tok.pad_token = tok.eos_token
     return model, tok
 
+# %% ../nbs/11_cli.ipynb #9db1efba
 def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
     "Loss, perplexity, token accuracy and bits per byte of the model in `model_path` on `data` or its training run's split."
     model, tok = load_model_folder(model_path)
@@ -267,13 +202,13 @@ def evaluate(model_path, data=None, split='validation', batch_size=16) -> dict:
         splits = load_splits(cfg.data, cfg.seed)
         if split not in splits: raise DataError(f"no {split} split: give --data FILE" + (" or set data.test_file" if split == 'test' else ''))
         splits = {split: splits[split]}
-    block = min(cfg.model.max_length, model.config.max_position_embeddings)
-    blocks = lm_datasets(splits, tok, block, cfg.data.packing)[split]
+    blocks = lm_datasets(splits, tok, row_length(model, cfg.model.max_length), cfg.data.packing)[split]
     dl = lm_dataloader(blocks, batch_size, tok.pad_token_id, train=False)
-    bpb = BitsPerByteCB.of(splits[split], tok)   # comparable across tokenizers
-    m = Learner(model, None, dl, max_steps=0, mixed_precision=cfg.training.mixed_precision, cbs=[bpb]).validate()
+    task = LMTask(bytes_per_token=docs_bytes_per_token(splits[split], tok))   # bits per byte: comparable across tokenizers
+    m = Learner(model, None, dl, task, max_steps=0, mixed_precision=cfg.training.mixed_precision).validate()
     return {k: m[f'eval_{k}'] for k in ('loss', 'perplexity', 'token_accuracy', 'bpb')}
 
+# %% ../nbs/11_cli.ipynb #cfc505d0
 def evaluate_generation(model_path, data, max_new_tokens:int=64, batch_size:int=8, bertscore_model=None, bertscore_num_layers=None) -> dict:
     "`bleu`, `rouge1/2/L` (and `bertscore_*` with a local `bertscore_model`) of greedy continuations of the prompts in `data`."
     for flag, v, least in (('--max_new_tokens', max_new_tokens, 1), ('--batch_size', batch_size, 1), ('--bertscore_num_layers', bertscore_num_layers, 0)):
@@ -287,12 +222,14 @@ def evaluate_generation(model_path, data, max_new_tokens:int=64, batch_size:int=
     if bertscore_model is not None: m.update(bertscore(preds, refs, bertscore_model, bertscore_num_layers))
     return m
 
+# %% ../nbs/11_cli.ipynb #acb5386c
 def merge(adapter, output, base=None, overwrite:bool=False) -> Path:
     "`llm_nb merge-lora`: the adapter merged into its base, written to `output` (checked before any loading, then atomically)."
     base = base or lora_base(adapter)
     check_target(output, overwrite, inputs=(adapter, base))
     return save_hf(*merge_lora(adapter, base), output)
 
+# %% ../nbs/11_cli.ipynb #44148d9e
 def check_sampling_args(max_new_tokens, temperature, top_k, top_p):
     "Refuse, naming the flag, generation settings that HF would reject late or quietly treat as something else."
     for flag, v, ok, want in (('--max_new_tokens', max_new_tokens, max_new_tokens >= 1, 'at least 1'),
@@ -301,6 +238,7 @@ def check_sampling_args(max_new_tokens, temperature, top_k, top_p):
                               ('--top_p', top_p, 0 < top_p <= 1, 'in (0, 1] (1 = no nucleus cut)')):
         if not ok: raise ValueError(f"{flag} must be {want}, got {v}")
 
+# %% ../nbs/11_cli.ipynb #36eb48f2
 def generate(model_path, prompt:str, max_new_tokens=50, temperature=1.0, top_k=50, top_p=1.0) -> str:
     "Sample a continuation of `prompt` from the model in `model_path` (`temperature=0`: greedy; a prompt too long for the context keeps its end)."
     check_sampling_args(max_new_tokens, temperature, top_k, top_p)
@@ -358,6 +296,7 @@ def _parser():
     c.add_argument('--overwrite', action='store_true', help='replace an existing --output file')
     return p
 
+# %% ../nbs/11_cli.ipynb #3270e1e1
 def main(argv=None):
     "The `llm_nb` command."
     args, rest = _parser().parse_known_args(argv)

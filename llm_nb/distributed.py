@@ -19,6 +19,7 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+# %% ../nbs/10_distributed.ipynb #2da0b875
 def launch_command(num_processes:int, *args, cpu:bool=False, mixed_precision:str='no', port:int|None=None) -> tuple[list, dict]:
     "Command and environment that run `llm_nb *args` on `num_processes` local processes through `accelerate launch`."
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(num_processes),

@@ -6,16 +6,22 @@ Docs: https://llm-nb.github.io/llm_nb/dpo.html.md"""
 
 # %% ../nbs/07_dpo.ipynb #3c2bfdc5
 from __future__ import annotations
-import contextlib, copy, hashlib, json, math, os, warnings
+import contextlib, copy, hashlib, json, os, warnings
+from fastcore.basics import patch
+from accelerate.utils import extract_model_from_parallel
 from functools import partial
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
 from safetensors.torch import save_file, load_file
-from .config import DataConfig, DPOConfig
+from .config import Config, DataConfig, DPOConfig
 from .data import DataError, epoch_loader, cache_dir
-from .loop import Callback, token_losses, fused_ce_supported, fused_token_losses, head_returns_hidden
-from .sft import ensure_chat_template, _messages, read_records, split_examples
+from .callback import Callback
+from .losses import token_losses, fused_ce_supported, fused_token_losses, head_returns_hidden
+from .tasks import Task, TaskData, task_data, loader_kw, row_length
+from .lora import is_peft, is_quantised
+from .data import read_records, split_examples
+from .sft import chat_messages
 
 # %% auto #0
 __all__ = ['LOSS_TYPES', 'pref_example', 'pref_examples', 'read_preference', 'preference_splits', 'preference_texts',
@@ -28,6 +34,7 @@ def _need(row, keys, where):
     missing = [k for k in keys if k not in row or row[k] is None]
     if missing: raise DataError(f"{where}: missing field(s) {missing}; keys are {sorted(row)}")
 
+# %% ../nbs/07_dpo.ipynb #24774065
 def _assistant(x, name, where):
     "A completion given as a message, a one-message list, or a string → `[{'role': 'assistant', 'content': ...}]`."
     if isinstance(x, str): x = dict(role='assistant', content=x)
@@ -35,6 +42,7 @@ def _assistant(x, name, where):
     if not isinstance(x, list) or not x: raise DataError(f"{where}: {name} must be a message or a list of messages")
     return x
 
+# %% ../nbs/07_dpo.ipynb #1dcdd337
 def pref_example(row:dict, where='record') -> dict:
     "Normalise one preference row to `{prompt, chosen, rejected}` (all strings, or prompt messages + one-message completions)."
     if not isinstance(row, dict): raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -60,7 +68,7 @@ def pref_example(row:dict, where='record') -> dict:
     if not isinstance(prompt, list) or not prompt: raise DataError(f"{where}: the prompt conversation is empty or not a list")
     out = {}
     for name, c in (('chosen', ch), ('rejected', rj)):
-        msgs = _messages(list(prompt) + list(c), where)
+        msgs = chat_messages(list(prompt) + list(c), where)
         p, comp = msgs[:len(prompt)], msgs[len(prompt):]
         if any(m['role'] != 'assistant' for m in comp): raise DataError(f"{where}: the {name} response must be assistant message(s)")
         if not any(m['content'].strip() for m in comp): raise DataError(f"{where}: empty {name} response")
@@ -82,6 +90,7 @@ def pref_examples(rows, where:str='data', bad_rows:str='error') -> list:
     if not out: raise DataError(f"{where}: no usable preference pairs")
     return out
 
+# %% ../nbs/07_dpo.ipynb #564b0edc
 def read_preference(path, bad_rows:str='error') -> list:
     "Normalised preference examples from a .json or .jsonl file."
     return pref_examples(read_records(path, 'preference data'), str(path), bad_rows)
@@ -93,6 +102,7 @@ def preference_splits(cfg:DataConfig, seed:int=42, bad_rows:str='error') -> dict
     if cfg.format not in ('auto', 'preference'): raise DataError(f"data.format={cfg.format!r} cannot be used for DPO; use auto or preference")
     return split_examples(cfg, lambda p: read_preference(p, bad_rows), seed, 'pair')
 
+# %% ../nbs/07_dpo.ipynb #6eaf807e
 def preference_texts(examples):
     "Every string of the examples (prompts, messages, completions): what a tokenizer trained for DPO data should see."
     for e in examples:
@@ -106,17 +116,20 @@ def _ids(tok, x, **kw) -> list:
     if isinstance(x, list): return list(tok.apply_chat_template(x, tokenize=True, return_dict=True, **kw)['input_ids'])
     return list(tok(x)['input_ids'])
 
+# %% ../nbs/07_dpo.ipynb #f924b0ca
 def _common_prefix(a, b):
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
     return n
 
+# %% ../nbs/07_dpo.ipynb #4204178c
 def check_lengths(max_length:int|None, max_prompt_length:int|None):
     if max_length is not None and max_length < 2: raise ValueError(f"dpo.max_length must be at least 2, got {max_length}")
     if max_prompt_length is not None and max_prompt_length < 1: raise ValueError(f"dpo.max_prompt_length must be positive, got {max_prompt_length}")
     if max_length and max_prompt_length and max_prompt_length >= max_length:
         raise ValueError(f"dpo.max_prompt_length ({max_prompt_length}) must be below dpo.max_length ({max_length}) so completions keep a token")
 
+# %% ../nbs/07_dpo.ipynb #93e14ed0
 def encode_pair(tok, ex:dict, max_length:int|None=None, max_prompt_length:int|None=None) -> dict:
     "`prompt_ids`, `chosen_ids`, `rejected_ids` for one normalised example, split and truncated as described above."
     p, c, r = ex['prompt'], ex['chosen'], ex['rejected']
@@ -137,6 +150,7 @@ def encode_pair(tok, ex:dict, max_length:int|None=None, max_prompt_length:int|No
         chosen, rejected = chosen[:keep], rejected[:keep]
     return dict(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected)
 
+# %% ../nbs/07_dpo.ipynb #5c882381
 def encode_pairs(tok, examples, max_length:int|None=1024, max_prompt_length:int|None=512) -> list:
     "Encode every example (see `encode_pair`); warns when truncation leaves chosen and rejected identical."
     check_lengths(max_length, max_prompt_length)
@@ -162,6 +176,7 @@ def collate_dpo(rows, pad_id:int) -> dict:
         out['ref_rejected_logps'] = torch.tensor([r['ref_rejected_logps'] for r in rows], dtype=torch.float32)
     return out
 
+# %% ../nbs/07_dpo.ipynb #58effef6
 def dpo_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, **loader_kw):
     "A `DataLoader` of pair batches over encoded rows with a resumable `EpochSampler` (shuffled for training); `loader_kw`: `epoch_loader`'s workers and pinning."
     return epoch_loader(rows, batch_size, partial(collate_dpo, pad_id=pad_id), train, seed, rank, world_size, what='pairs', **loader_kw)
@@ -179,6 +194,7 @@ def completion_logps(model, batch) -> tuple:
     else: per = token_losses(model(**kw).logits, labels)
     return -per.sum(1), batch['completion_mask'].sum(1)
 
+# %% ../nbs/07_dpo.ipynb #89415e0b
 def check_dpo_args(beta:float, loss_type:str, label_smoothing:float):
     if loss_type not in LOSS_TYPES: raise ValueError(f"dpo.loss_type={loss_type!r}: use one of {LOSS_TYPES}")
     if not beta > 0: raise ValueError(f"dpo.beta must be positive, got {beta}")
@@ -186,6 +202,7 @@ def check_dpo_args(beta:float, loss_type:str, label_smoothing:float):
     if label_smoothing and loss_type not in ('sigmoid', 'robust'):
         raise ValueError(f"dpo.label_smoothing applies to loss_type sigmoid (cDPO) or robust, not {loss_type!r}")
 
+# %% ../nbs/07_dpo.ipynb #39bb06fe
 def dpo_losses(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta:float=0.1, loss_type:str='sigmoid',
                label_smoothing:float=0.0, chosen_len=None, rejected_len=None) -> dict:
     "Per-pair `loss`, `chosen_rewards`, `rejected_rewards` (and loss components) for one of `LOSS_TYPES`."
@@ -212,37 +229,36 @@ def disable_dropout(model):
         if isinstance(m, nn.Dropout): m.p = 0.0
     return model
 
+# %% ../nbs/07_dpo.ipynb #d3f3213b
 def frozen_copy(model):
     "A frozen, eval-mode copy of `model` to serve as the DPO reference."
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters(): p.requires_grad_(False)
     return ref
 
-def _unwrap(model): return getattr(model, 'module', model)   # DDP
-
-def _is_peft(model): return hasattr(_unwrap(model), 'disable_adapter') and hasattr(_unwrap(model), 'peft_config')
-
+# %% ../nbs/07_dpo.ipynb #e15080ea
 @contextlib.contextmanager
 def reference_mode(model):
     "Temporarily turn `model` into its own reference: eval mode, no grad, and LoRA adapters disabled for a peft model."
-    m = _unwrap(model)
+    m = extract_model_from_parallel(model)
     was = m.training
     m.eval()
     try:
-        with torch.no_grad(), (m.disable_adapter() if _is_peft(m) else contextlib.nullcontext()): yield model
+        with torch.no_grad(), (m.disable_adapter() if is_peft(m) else contextlib.nullcontext()): yield model
     finally: m.train(was)
 
 # %% ../nbs/07_dpo.ipynb #2f3131ed
 def model_fingerprint(model, skip_lora:bool=True) -> str:
     "sha256 of `model`'s weights (names, dtypes, shapes, bytes); LoRA adapter weights are left out by default."
     h = hashlib.sha256()
-    for n, p in sorted(_unwrap(model).state_dict().items()):
+    for n, p in sorted(extract_model_from_parallel(model).state_dict().items()):
         if skip_lora and 'lora_' in n: continue
         t = p.detach().contiguous().cpu()
         h.update(f"{n}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
     return h.hexdigest()[:20]
 
+# %% ../nbs/07_dpo.ipynb #a8002ba2
 def rows_fingerprint(rows) -> str:
     "sha256 of the token ids of encoded pairs (order included)."
     h = hashlib.sha256()
@@ -253,7 +269,7 @@ def rows_fingerprint(rows) -> str:
 @torch.no_grad()
 def compute_ref_logps(model, rows, pad_id:int, ref_model=None, batch_size:int=8, autocast=None) -> tuple:
     "Reference log-probs `(chosen [N], rejected [N])` for encoded `rows`: `ref_model`, or `model` in `reference_mode`."
-    dev = next(_unwrap(model).parameters()).device
+    dev = next(extract_model_from_parallel(model).parameters()).device
     ref = ref_model if ref_model is not None else model
     ch, rj = [], []
     with (reference_mode(ref) if ref_model is None else contextlib.nullcontext()):
@@ -263,6 +279,7 @@ def compute_ref_logps(model, rows, pad_id:int, ref_model=None, batch_size:int=8,
             c, r = lp.float().chunk(2); ch.append(c.cpu()); rj.append(r.cpu())
     return torch.cat(ch), torch.cat(rj)
 
+# %% ../nbs/07_dpo.ipynb #222b2045
 def precompute_ref_logps(model, rows, pad_id:int, ref_model=None, batch_size:int=8, cache:str|Path|None=None,
                          key_extra:str='', autocast=None, accelerator=None) -> list:
     "`rows` with `ref_chosen_logps`/`ref_rejected_logps` added, read from the disk cache or computed once and cached."
@@ -290,20 +307,23 @@ def precompute_ref_logps(model, rows, pad_id:int, ref_model=None, batch_size:int
 _METRICS = ('pairs', 'rewards_chosen', 'rewards_rejected', 'correct', 'logps_chosen', 'logps_rejected', 'loss', 'logratio', 'tokens',
             'loss_clean', 'loss_flipped')
 
-class DPOTask:
+class DPOTask(Task):
     "Direct preference optimisation on `[chosen..., rejected...]` batches from `collate_dpo`."
+    unit, chat = 'pairs', True
+    headline = {'eval_loss': 'eval loss', 'eval_rewards/accuracies': 'reward accuracy'}
     def __init__(self, beta:float=0.1, loss_type:str='sigmoid', label_smoothing:float=0.0, reference_free:bool=False,
                  ref_model=None, autocast=None):
         check_dpo_args(beta, loss_type, label_smoothing)
         self.beta, self.loss_type, self.label_smoothing, self.reference_free = beta, loss_type, label_smoothing, reference_free
         self.ref_model, self.autocast = ref_model, autocast
-        self.train_sums, self.eval_acc = {}, {}
+        self.train_sums = {}
 
     @classmethod
     def from_config(cls, cfg:DPOConfig, ref_model=None, autocast=None):
         return cls(cfg.beta, cfg.loss_type, cfg.label_smoothing, cfg.reference_free, ref_model, autocast)
 
-    def n_tokens(self, batch): return torch.tensor(batch['input_ids'].shape[0] // 2, device=batch['input_ids'].device)
+    def loss_denominator(self, batch): return torch.tensor(batch['input_ids'].shape[0] // 2, device=batch['input_ids'].device)   # pairs
+    def n_samples(self, batch): return batch['input_ids'].shape[0] // 2
 
     def reference_logps(self, model, batch) -> tuple:
         "Reference log-probs of the batch's chosen and rejected completions (see the three ways above)."
@@ -315,7 +335,7 @@ class DPOTask:
             if next(ref.parameters()).device != batch['input_ids'].device: ref.to(batch['input_ids'].device)
             with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
                 lp, _ = completion_logps(ref, batch)
-        elif _is_peft(model):
+        elif is_peft(extract_model_from_parallel(model)):
             with reference_mode(model): lp, _ = completion_logps(model, batch)
         else: raise ValueError("DPO needs a reference: pass ref_model (e.g. frozen_copy(model)), train LoRA adapters "
                                "(the base model is the reference), precompute_ref_logps, or set dpo.reference_free")
@@ -335,18 +355,19 @@ class DPOTask:
         if self.label_smoothing: sums.update(loss_clean=d(out['loss_clean']), loss_flipped=d(out['loss_flipped']))
         return out, sums
 
-    def loss(self, model, batch, n_tokens):
-        "The batch's share of the step loss: summed per-pair losses / pairs in the whole accumulated batch."
+    def loss(self, model, batch, denominator):
+        "The batch's share of the step loss: summed per-pair losses / `denominator`, the pairs in the whole accumulated batch."
         out, sums = self._losses(model, batch)
         self.train_sums = {k: self.train_sums.get(k, 0) + v for k, v in sums.items()}
         self.sample_losses = out['loss'].detach()
-        return out['loss'].sum() / n_tokens
+        return out['loss'].sum() / denominator
 
     def eval_sums(self, model, batch) -> dict:
-        "Summed DPO loss, accurate pairs and pair count (the Learner's keys); the reward sums are kept for `DPOMetricsCB`."
-        out, sums = self._losses(model, batch)
-        self.eval_acc = {k: self.eval_acc.get(k, 0) + v for k, v in sums.items()}
-        return dict(loss=sums['loss'], correct=sums['correct'], n=sums['pairs'])
+        "Summed DPO loss, rewards, log-probs, accurate pairs and pair count of one batch."
+        return self._losses(model, batch)[1]
+    def eval_metrics(self, sums:dict, prefix:str='eval_') -> dict:
+        "`{prefix}loss` (the mean DPO loss over pairs) and the reward metrics of `dpo_metrics`."
+        return {f'{prefix}loss': float(sums['loss']) / max(float(sums['pairs']), 1.0), **dpo_metrics(sums, prefix)}
 
 # %% ../nbs/07_dpo.ipynb #04d47224
 def dpo_metrics(sums:dict, prefix:str='') -> dict:
@@ -360,13 +381,15 @@ def dpo_metrics(sums:dict, prefix:str='') -> dict:
         if k in sums: m[k] = sums[k] / n
     return {prefix + k: float(v) for k, v in m.items()}
 
+# %% ../nbs/07_dpo.ipynb #6989ccc9
 def _reduce(sums, acc):
     keys = [k for k in _METRICS if k in sums]
     v = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32).reshape(()).to(acc.device) for k in keys])
     return dict(zip(keys, acc.reduce(v, 'sum').tolist())) if acc.num_processes > 1 else dict(zip(keys, v.tolist()))
 
+# %% ../nbs/07_dpo.ipynb #5d5cd9d8
 class DPOMetricsCB(Callback):
-    "Log the DPO reward metrics (averaged since the last log) every `every` steps, and on the validation pairs."
+    "Log the DPO reward metrics of the training pairs, averaged since the last log, every `every` steps."
     order = 55
     def __init__(self, every:int=100): self.every, self.sums = every, {}
     def after_step(self, learn):
@@ -380,11 +403,34 @@ class DPOMetricsCB(Callback):
     def after_fit(self, learn):
         "A run that ends between logging steps (a budget, early stopping) logs its last window, as `TrainMetricsCB` does."
         if learn.error is None and learn.stop_reason != 'interrupted': self.log_window(learn); learn._flush_log()
-    def before_validate(self, learn): learn.task.eval_acc = {}
-    def after_validate(self, learn):
-        if not learn.task.eval_acc: return
-        for k in ('eval_perplexity', 'eval_token_accuracy'): learn.metrics.pop(k, None)
-        learn.metrics.update(dpo_metrics(_reduce(learn.task.eval_acc, learn.acc), 'eval_'))
     # the un-logged window is saved, so a resumed run logs the same averages as an uninterrupted one
     def state_dict(self): return {k: float(v) for k, v in self.sums.items()}
     def load_state_dict(self, sd): self.sums = {k: float(v) for k, v in sd.items()}
+
+# %% ../nbs/07_dpo.ipynb #b6599129
+@patch(cls_method=True)
+def read_splits(cls:DPOTask, cfg:Config) -> dict: return preference_splits(cfg.data, cfg.seed, 'skip' if cfg.dpo.skip_bad_rows else 'error')
+
+# %% ../nbs/07_dpo.ipynb #371522aa
+@patch(cls_method=True)
+def texts(cls:DPOTask, examples): return preference_texts(examples)
+
+# %% ../nbs/07_dpo.ipynb #84017867
+@patch(cls_method=True)
+def prepare(cls:DPOTask, cfg:Config, splits:dict, tok, model, acc) -> TaskData:
+    "Encoded pairs, the reference (a frozen copy, the base with adapters off, or log-probs precomputed now) and the reward-metrics callback."
+    d, t = cfg.dpo, cfg.training
+    disable_dropout(model)   # in place: the policy's log-probs must be deterministic, as the reference's are
+    max_len = row_length(model, d.max_length)
+    rows = {k: encode_pairs(tok, v, max_len, min(d.max_prompt_length, max_len - 1)) for k, v in splits.items()}
+    ref = None
+    if not d.reference_free:
+        if d.precompute_ref_log_probs:  # the initial weights are the reference, so a resume finds the same cache file
+            if not is_quantised(model): model.to(acc.device)
+            for k in rows: rows[k] = precompute_ref_logps(model, rows[k], tok.pad_token_id, batch_size=t.per_device_eval_batch_size,
+                                                          key_extra=acc.mixed_precision, autocast=acc.autocast, accelerator=acc)
+        elif not is_peft(model): ref = frozen_copy(model).to(acc.device)  # a peft model's reference is itself with adapters off
+    make = lambda r, bs, train: dpo_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=acc.process_index,
+                                               world_size=acc.num_processes, **loader_kw(t))
+    return task_data(cls.from_config(d, ref_model=ref, autocast=acc.autocast), t, rows, make, max_len, acc.num_processes,
+                     cbs=[DPOMetricsCB(t.logging_steps)])

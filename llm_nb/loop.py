@@ -6,188 +6,26 @@ Docs: https://llm-nb.github.io/llm_nb/loop.html.md"""
 
 # %% ../nbs/05_loop.ipynb #76e8cd75
 from __future__ import annotations
-import ctypes, json, math, os, sys, time, warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, asdict
+import json, math, os, time, warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
 from torch import nn
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast, extract_model_from_parallel
+from accelerate.utils import broadcast
+from fastcore.basics import patch
 from transformers import get_scheduler
 from tqdm.auto import tqdm
-from .config import TrainingConfig, ConfigError
+from .config import TrainingConfig, STRATEGIES
+from .callback import EVENTS, Callback, CancelStep, CancelBatch, CancelEpoch, CancelFit
+from .precision import make_accelerator
+from .tasks import LMTask, NO_STEP_LIMIT, perplexity, headline
 
 # %% auto #0
-__all__ = ['FUSED_CE_MODEL_TYPES', 'SCHEDULER_DEFAULTS', 'NO_STEP_LIMIT', 'CancelStep', 'CancelBatch', 'CancelEpoch', 'CancelFit',
-           'Callback', 'n_targets', 'token_losses', 'causal_lm_loss', 'fused_ce_supported', 'head_returns_hidden',
-           'head_ce', 'next_token_rows', 'fused_token_losses', 'LMTask', 'param_groups', 'make_optimizer', 'warmup_for',
-           'WSDLambda', 'wsd_lambdas', 'make_scheduler', 'cpu_has_native_bf16', 'resolve_mixed_precision',
-           'make_accelerator', 'keep_freed_memory', 'step_of', 'TrainState', 'Learner', 'perplexity', 'ClipGradCB',
-           'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB', 'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'ProgressCB',
-           'plot_history', 'HistoryCB', 'TensorBoardCB', 'JsonlCB']
-
-# %% ../nbs/05_loop.ipynb #fd4c5375
-class CancelStep(Exception):  "Skip the optimizer step (gradients are zeroed)."
-class CancelBatch(Exception): "Skip the rest of this batch."
-class CancelEpoch(Exception): "End this epoch now."
-class CancelFit(Exception):   "End training now (`after_fit` still runs)."
-
-class Callback:
-    "Base class: override any event method `def after_step(self, learn): ...`; lower `order` runs first."
-    order = 0
-    side_task = False  # True: an error in this callback is a warning, and training goes on
-    # `def check(self, learn)`: raise if this run cannot work with this callback (fired before anything starts)
-    def state_dict(self): return {}
-    def load_state_dict(self, sd): pass
-
-# %% ../nbs/05_loop.ipynb #abf7ac99
-def n_targets(batch) -> torch.Tensor:
-    "Number of positions that contribute to the causal-LM loss (labels shifted by one, not -100)."
-    return (batch['labels'][:, 1:] != -100).sum()
-
-def token_losses(logits, labels, label_smoothing:float=0.0):
-    "Next-token cross-entropy at every position, shape `[B, T-1]`, fp32, 0 where the target is -100."
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100,
-                           reduction='none', label_smoothing=label_smoothing).view(labels.shape)
-
-def causal_lm_loss(logits, labels, n_tokens=None, label_smoothing:float=0.0):
-    "Next-token cross-entropy summed over non-masked targets, divided by `n_tokens` (default: their count)."
-    n = n_tokens if n_tokens is not None else n_targets(dict(labels=labels))
-    return token_losses(logits, labels, label_smoothing).sum() / n
-
-# %% ../nbs/05_loop.ipynb #af039c22
-FUSED_CE_MODEL_TYPES = {'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3'}  # logits = lm_head(hidden), checked in tests
-
-def fused_ce_supported(model) -> bool:
-    "True when `model` (possibly wrapped by DDP, peft or compile) is a causal LM whose logits are its bias-free head applied to the head's input."
-    raw = extract_model_from_parallel(model)
-    head = raw.get_output_embeddings() if hasattr(raw, 'get_output_embeddings') else None
-    return (getattr(getattr(raw, 'config', None), 'model_type', None) in FUSED_CE_MODEL_TYPES
-            and type(head) is nn.Linear and head.bias is None)
-
-@contextmanager
-def head_returns_hidden(model):
-    "Within: a call of `model` returns the output head's input as `.logits` (the head multiplies an empty slice). Yields the head."
-    head, seen = extract_model_from_parallel(model).get_output_embeddings(), []
-    def before(mod, args): seen.append(args[0]); return (args[0][..., :0, :],)
-    def after(mod, args, out): return seen.pop()
-    hooks = [head.register_forward_pre_hook(before), head.register_forward_hook(after)]
-    try: yield head
-    finally:
-        for h in hooks: h.remove()
-
-# %% ../nbs/05_loop.ipynb #f5257b92
-def head_ce(h, w, labels, label_smoothing:float=0.0, grads:bool=True, row_grad=None, max_logits:int=2**25):
-    """Cross-entropy of the logits `h @ w.T` (`h` [N, D], `w` [V, D], `labels` [N], -100 = ignored), a chunk of rows
-    at a time. Returns `(losses, dh, dw)` with `grads` — per-row losses (fp32, 0 where ignored) and the gradients
-    w.r.t. `h` and `w` of their sum, or of `sum(row_grad * losses)` when `row_grad` [N] is given — and
-    `(losses, hits, None)` without, `hits` marking rows whose argmax is the label."""
-    dev = h.device.type
-    dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-    with torch.autocast(dev, enabled=False):
-        hc, wc, eps = h.to(dt), w.to(dt), label_smoothing
-        N, V = hc.shape[0], wc.shape[0]
-        losses = torch.zeros(N, dtype=torch.float32, device=h.device)
-        if grads: gh, gw = torch.empty_like(hc), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        else: hits = torch.zeros(N, dtype=torch.bool, device=h.device)
-        rows = max(1, max_logits // V)
-        for s in range(0, N, rows):
-            x, y = hc[s:s + rows], labels[s:s + rows]
-            z = (x @ wc.t()).float()
-            keep, tgt = y != -100, y.clamp(min=0)[:, None]
-            lse = z.logsumexp(-1)
-            loss = lse - z.gather(1, tgt)[:, 0]
-            if eps: loss = (1 - eps) * loss + eps * (lse - z.mean(-1))
-            losses[s:s + rows] = loss * keep
-            if not grads:
-                hits[s:s + rows] = (z.argmax(-1) == y) & keep
-                continue
-            p = z.sub_(lse[:, None]).exp_()            # softmax, in place of the logits
-            if eps: p.sub_(eps / V)
-            p.scatter_add_(1, tgt, p.new_full(tgt.shape, eps - 1))
-            scale = keep if row_grad is None else keep * row_grad[s:s + rows].float()
-            p = p.mul_(scale[:, None]).to(dt)          # d loss / d logits
-            gh[s:s + rows] = p @ wc
-            gw += (p.t() @ x).float()
-    return (losses, gh, gw) if grads else (losses, hits, None)
-
-class _HeadCE(torch.autograd.Function):
-    "The summed loss: its gradients are computed in the forward pass, the backward only scales them (3 head matmuls)."
-    @staticmethod
-    def forward(ctx, h, w, labels, label_smoothing):
-        losses, gh, gw = head_ce(h, w, labels, label_smoothing)
-        ctx.save_for_backward(gh, gw)
-        ctx.dtypes = h.dtype, w.dtype
-        ctx.mark_non_differentiable(losses)
-        return losses.sum(), losses
-    @staticmethod
-    def backward(ctx, g, _):
-        gh, gw = ctx.saved_tensors
-        return (gh.float() * g).to(ctx.dtypes[0]), (gw * g).to(ctx.dtypes[1]), None, None
-
-class _HeadRowCE(torch.autograd.Function):
-    "Per-row losses that any later computation may weight: the backward recomputes each chunk's logits (4 head matmuls)."
-    @staticmethod
-    def forward(ctx, h, w, labels, label_smoothing):
-        dev = h.device.type
-        ctx.amp = dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
-        ctx.save_for_backward(h, w, labels); ctx.label_smoothing = label_smoothing
-        return head_ce(h, w, labels, label_smoothing, grads=False)[0]
-    @staticmethod
-    def backward(ctx, g):
-        h, w, labels = ctx.saved_tensors
-        dev, on, dt = ctx.amp
-        with torch.autocast(dev, dtype=dt, enabled=on):   # the forward's precision
-            _, gh, gw = head_ce(h, w, labels, ctx.label_smoothing, row_grad=g)
-        return gh.to(h.dtype), gw.to(w.dtype), None, None
-
-def next_token_rows(hidden, labels):
-    "Each position's head input [B·(T-1), D] beside the label of the token after it [B·(T-1)]."
-    return hidden[:, :-1].reshape(-1, hidden.shape[-1]), labels[:, 1:].reshape(-1)
-
-def fused_token_losses(hidden, weight, labels, label_smoothing:float=0.0, per_token_grads:bool=False):
-    """From the head's input `hidden` [B, T, D]: the summed next-token loss (differentiable) and the per-position
-    losses [B, T-1] — detached, or differentiable with `per_token_grads` (for losses that weight positions unequally)."""
-    h, y = next_token_rows(hidden, labels)
-    if per_token_grads:
-        per = _HeadRowCE.apply(h, weight, y, label_smoothing)
-        total = per.sum()
-    else: total, per = _HeadCE.apply(h, weight, y, label_smoothing)
-    return total, per.view(labels[:, 1:].shape)
-
-# %% ../nbs/05_loop.ipynb #80dbbf34
-class LMTask:
-    "Causal language modelling: predict every next token whose label is not -100."
-    def __init__(self, label_smoothing:float=0.0, fused:bool=True):
-        if not 0 <= label_smoothing < 1: raise ValueError(f"training.label_smoothing={label_smoothing}: must be in [0, 1)")
-        self.label_smoothing, self.fused, self.step_metrics = label_smoothing, fused, {}
-    def n_tokens(self, batch): return n_targets(batch)
-    def forward(self, model, batch):
-        return model(input_ids=batch['input_ids'], attention_mask=batch.get('attention_mask')).logits
-    def head_input(self, model, batch):
-        "`(hidden states entering the output head, the head's weight)` from one whole-model call, or `None` where the fused loss does not apply."
-        if not (getattr(self, 'fused', True) and fused_ce_supported(model)): return None
-        with head_returns_hidden(model) as head: return self.forward(model, batch), head.weight
-    def loss(self, model, batch, n_tokens):
-        "The batch's share of the step loss; also keeps each sequence's mean token loss in `sample_losses`."
-        labels, ls = batch['labels'], getattr(self, 'label_smoothing', 0.0)
-        if (hw := self.head_input(model, batch)) is not None: total, tl = fused_token_losses(*hw, labels, ls)
-        else: tl = token_losses(self.forward(model, batch), labels, ls); total, tl = tl.sum(), tl.detach()
-        self.sample_losses = tl.sum(1) / (labels[:, 1:] != -100).sum(1).clamp(min=1)
-        return total / n_tokens
-    def eval_sums(self, model, batch) -> dict:
-        "Summed loss, correct predictions and target count for one batch (combined across batches)."
-        if (hw := self.head_input(model, batch)) is not None:
-            h, y = next_token_rows(hw[0], batch['labels'])
-            loss, hits, _ = head_ce(h, hw[1], y, grads=False)
-            return dict(loss=loss.sum(), correct=hits.sum(), n=(y != -100).sum())
-        logits, labels = self.forward(model, batch)[:, :-1], batch['labels'][:, 1:]
-        mask = labels != -100
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100, reduction='sum')
-        return dict(loss=loss, correct=((logits.argmax(-1) == labels) & mask).sum(), n=mask.sum())
+__all__ = ['SCHEDULER_DEFAULTS', 'param_groups', 'make_optimizer', 'warmup_for', 'WSDLambda', 'wsd_lambdas', 'make_scheduler',
+           'step_of', 'TrainState', 'chunks', 'Learner', 'ClipGradCB', 'peak_memory_mb', 'TrainMetricsCB', 'NaNGuardCB',
+           'finished_epoch', 'EvalCB', 'TimeBudgetCB', 'budget_status', 'ProgressCB', 'plot_history', 'HistoryCB',
+           'TensorBoardCB', 'JsonlCB']
 
 # %% ../nbs/05_loop.ipynb #27e58b29
 def param_groups(model, weight_decay:float):
@@ -199,10 +37,11 @@ def param_groups(model, weight_decay:float):
         (rest if p.ndim < 2 or id(p) in no_decay else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=rest, weight_decay=0.0)]
 
-def make_optimizer(model, cfg:TrainingConfig):
-    "AdamW over `param_groups`, fused on CUDA, foreach elsewhere."
+# %% ../nbs/05_loop.ipynb #85ac9597
+def make_optimizer(model, cfg:TrainingConfig, groups=None):
+    "AdamW over `groups` (default: `param_groups`), fused on CUDA, foreach elsewhere."
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    return torch.optim.AdamW(groups or param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                              eps=cfg.adam_epsilon, fused=fused or None, foreach=None if fused else True)
 
 # %% ../nbs/05_loop.ipynb #23139481
@@ -215,6 +54,7 @@ def warmup_for(cfg:TrainingConfig, max_steps:int) -> int:
     "Warmup length in steps from `warmup_steps` or `warmup_ratio`."
     return cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(cfg.warmup_ratio * max_steps)
 
+# %% ../nbs/05_loop.ipynb #ad00e18e
 class WSDLambda:
     "LR factor of warmup–stable–decay at a step: linear warmup from 0, the peak, then `decay_type` down to `min_lr_ratio` over `decay_steps`."
     # LambdaLR checkpoints a lambda's `__dict__`: the shape (this run's config) lives in slots, and only a decay the time budget moved is saved
@@ -234,10 +74,12 @@ class WSDLambda:
         f = {'linear': 1 - p, 'cosine': 0.5 * (1 + math.cos(math.pi * p)), '1-sqrt': 1 - math.sqrt(p)}[self.decay_type]
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * f
 
+# %% ../nbs/05_loop.ipynb #a1d95a02
 def wsd_lambdas(sched) -> list:
     "The `WSDLambda`s of `sched` (one per parameter group), or [] for any other schedule."
     return [f for f in getattr(sched, 'lr_lambdas', []) if isinstance(f, WSDLambda)]
 
+# %% ../nbs/05_loop.ipynb #1c42145f
 def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
     "The learning-rate schedule `cfg.lr_scheduler_type`, shaped by `cfg.lr_scheduler_kwargs`, over `max_steps` optimizer steps."
     kind, warmup = cfg.lr_scheduler_type, warmup_for(cfg, max_steps)
@@ -246,50 +88,12 @@ def make_scheduler(opt, cfg:TrainingConfig, max_steps:int):
     if kind == 'warmup_stable_decay': return torch.optim.lr_scheduler.LambdaLR(opt, WSDLambda(warmup, max_steps, **kw))
     return get_scheduler(kind, opt, num_warmup_steps=warmup, num_training_steps=max_steps, scheduler_specific_kwargs=kw)
 
-# %% ../nbs/05_loop.ipynb #84206f03
-def cpu_has_native_bf16() -> bool:
-    "True when this CPU computes bf16 matmuls natively (x86 AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."
-    try: return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError: return False  # a torch build without these probes: assume emulated
-
-def resolve_mixed_precision(mp:str='auto') -> str:
-    "`auto` → 'bf16' on CUDA with bf16 or a CPU with native bf16, 'fp16' on older CUDA, else 'no'. fp16 without a GPU is refused."
-    if mp == 'fp16' and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        raise ConfigError('training.mixed_precision=fp16 needs a GPU: on a CPU accelerate turns fp16 autocast off and trains in fp32 '
-                          'without a word; use bf16 (native on CPUs with AMX or AVX512-BF16) or no')
-    if mp != 'auto': return mp
-    if torch.cuda.is_available(): return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
-    if torch.backends.mps.is_available(): return 'no'
-    return 'bf16' if cpu_has_native_bf16() else 'no'
-
-def make_accelerator(mixed_precision='auto') -> Accelerator:
-    "An `Accelerator` with the resolved precision; replaces a previous one's settings in the same process."
-    mp = resolve_mixed_precision(mixed_precision)
-    try: return Accelerator(mixed_precision=mp)
-    except ValueError:  # accelerate keeps one global state; a notebook or test session trains several models
-        AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(mixed_precision=mp)
-
-# %% ../nbs/05_loop.ipynb #09551dc8
-_ALLOCATOR_TUNED = False
-
-def keep_freed_memory():
-    "Tell glibc's malloc to reuse freed activation buffers instead of returning them to the OS (no-op elsewhere)."
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith('linux'): return
-    try: libc = ctypes.CDLL('libc.so.6')
-    except OSError: return  # not glibc (e.g. musl)
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20); libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1); libc.mallopt(M_TOP_PAD, 2**28)
-    _ALLOCATOR_TUNED = True
-
 # %% ../nbs/05_loop.ipynb #9d6447bf
-NO_STEP_LIMIT = 2**62   # `max_steps` of a run whose length is a time budget: `TimeBudgetCB` ends it
-
 def step_of(learn) -> str:
     "`step/max_steps` for reports, or just `step` when a time budget is the run's length."
     return f'{learn.state.step}' + ('' if learn.max_steps >= NO_STEP_LIMIT else f'/{learn.max_steps}')
 
+# %% ../nbs/05_loop.ipynb #9675e9fc
 @dataclass
 class TrainState:
     "Where training is: saved in every checkpoint, restored on resume."
@@ -301,7 +105,9 @@ class TrainState:
     elapsed: float = 0.0      # training seconds, summed over resumed sessions
     best_metric: float|None = None
 
-def _chunks(it, k):
+# %% ../nbs/05_loop.ipynb #bee75c1b
+def chunks(it, k:int):
+    "Lists of `k` consecutive items of `it` (a last, shorter list is dropped: one optimizer step takes `k` micro-batches)."
     buf = []
     for x in it:
         buf.append(x)
@@ -312,7 +118,6 @@ class Learner:
     "Runs `task` on `model` over `train_dl` for `max_steps` optimizer steps, firing callback events."
     def __init__(self, model, train_dl, valid_dl=None, task=None, opt=None, sched=None, cbs=(), max_steps:int=100,
                  grad_accum:int=1, mixed_precision='auto', accelerator=None):
-        keep_freed_memory()
         self.acc = accelerator or make_accelerator(mixed_precision)
         self.train_dl, self.valid_dl, self.task = train_dl, valid_dl, task or LMTask()
         self.max_steps, self.grad_accum = max_steps, grad_accum
@@ -334,6 +139,7 @@ class Learner:
 
     def event(self, name, guard:bool=False):
         "Call `name` on every callback. A side task's error is a warning; with `guard` (stopping after an error) everyone's is."
+        if name not in EVENTS: raise ValueError(f"{name!r} is not an event: the events are {', '.join(EVENTS)}")
         for cb in self.cbs:
             if not hasattr(cb, name): continue
             if not (guard or getattr(cb, 'side_task', False)): getattr(cb, name)(self); continue
@@ -360,32 +166,43 @@ class Learner:
 @torch.no_grad()
 def _to(batch, device): return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-def _training_step(self:Learner, batch, n_tokens):
+# %% ../nbs/05_loop.ipynb #811fa4c5
+@patch
+def training_step(self:Learner, batch, denominator):
     "Forward and loss of one micro-batch (its share of the step loss). Override in a subclass for a custom step."
-    return self.task.loss(self.model, batch, n_tokens)
+    return self.task.loss(self.model, batch, denominator)
 
-def _step_metric(self:Learner, **metrics):
+# %% ../nbs/05_loop.ipynb #f185fedb
+@patch
+def step_metric(self:Learner, **metrics):
     "Add each micro-batch's share of a per-step metric (summed over the step's micro-batches, logged by `TrainMetricsCB`)."
     for k, v in metrics.items():
         v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
         self.step_metrics[k] = self.step_metrics[k] + v if k in self.step_metrics else v
 
-def _one_step(self:Learner, micro_batches):
+# %% ../nbs/05_loop.ipynb #f9bcf676
+@patch
+def loss_denominator(self:Learner) -> torch.Tensor:
+    "What the step loss averages over (the task's count) in all of this step's micro-batches, on every process; at least 1."
+    n = sum(self.task.loss_denominator(b) for b in self.batch)
+    if self.acc.num_processes > 1: n = self.acc.reduce(n.float(), 'sum') / self.acc.num_processes   # DDP averages gradients over ranks
+    return n.clamp(min=1)
+
+# %% ../nbs/05_loop.ipynb #e584b1ee
+@patch
+def one_step(self:Learner, micro_batches):
+    "One optimizer step over `micro_batches`: forward and backward each (DDP syncs gradients on the last), then step and schedule."
     self.batch = [_to(b, self.acc.device) for b in micro_batches]
     self.step_metrics, self.step_skipped = {}, False
     try:
         self.event('before_batch')
-        n_tok = sum(self.task.n_tokens(b) for b in self.batch)
-        if self.acc.num_processes > 1:  # DDP averages gradients over ranks: normalise by the global count / ranks
-            n_tok = self.acc.reduce(n_tok.float(), 'sum') / self.acc.num_processes
-        n_tok = n_tok.clamp(min=1)
-        self.loss = 0.
+        denominator, self.loss = self.loss_denominator(), 0.
         for i, b in enumerate(self.batch):
-            sync = i == len(self.batch) - 1
-            with (self.acc.no_sync(self.model) if not sync and self.acc.num_processes > 1 else _nullctx()):
+            last = i == len(self.batch) - 1
+            with (self.acc.no_sync(self.model) if not last and self.acc.num_processes > 1 else nullcontext()):
                 self.micro_batch = b
-                with self.acc.autocast(): self.micro_loss = self.training_step(b, n_tok)
-                self.sample_losses = getattr(self.task, 'sample_losses', None)
+                with self.acc.autocast(): self.micro_loss = self.training_step(b, denominator)
+                self.sample_losses = self.task.sample_losses
                 if getattr(self.task, 'step_metrics', None): self.step_metric(**self.task.step_metrics); self.task.step_metrics = {}
                 self.event('after_loss')
                 self.event('before_backward')
@@ -399,25 +216,29 @@ def _one_step(self:Learner, micro_batches):
             self.event('after_step_opt')
         except CancelStep: self.step_skipped = True
         self.opt.zero_grad(set_to_none=True)
-        self.state.step += 1
-        self.state.batch_in_epoch += len(self.batch)
-        self.state.samples_in_epoch += len(self.batch) * (getattr(self.train_dl, 'batch_size', None) or 0)  # 0: no sampler to resume
-        self.state.tokens_seen += sum(int(b['attention_mask'].sum()) if 'attention_mask' in b else b['input_ids'].numel() for b in self.batch)
+        self.advance()
         self.event('after_step')
     except CancelBatch: pass
     finally: self.event('after_batch')
     self._flush_log()
 
-class _nullctx:
-    def __enter__(self): pass
-    def __exit__(self, *a): pass
-
-Learner.one_step, Learner.training_step, Learner.step_metric = _one_step, _training_step, _step_metric
+# %% ../nbs/05_loop.ipynb #123a8607
+@patch
+def advance(self:Learner):
+    "Count the step just taken in `state`: steps, micro-batches and samples of this epoch (where a resume continues), tokens."
+    st = self.state
+    st.step, st.batch_in_epoch = st.step + 1, st.batch_in_epoch + len(self.batch)
+    st.samples_in_epoch += len(self.batch) * (getattr(self.train_dl, 'batch_size', None) or 0)  # 0: no sampler to resume
+    st.tokens_seen += sum(int(b['attention_mask'].sum()) if 'attention_mask' in b else b['input_ids'].numel() for b in self.batch)
 
 # %% ../nbs/05_loop.ipynb #7767a33f
+@patch
 def _next_epoch(self:Learner): self.state.epoch, self.state.batch_in_epoch, self.state.samples_in_epoch = self.state.epoch + 1, 0, 0
 
-def _fit(self:Learner):
+# %% ../nbs/05_loop.ipynb #05fc0f64
+@patch
+def fit(self:Learner):
+    "Train until `max_steps` (or a callback's `CancelFit`), firing every event; returns the Learner. A resumed `state` continues where it was."
     self.model.train()
     self.t0 = time.time() - self.state.elapsed
     self.check()   # outside the try: a refused run started nothing, so nothing needs an after_fit
@@ -428,7 +249,7 @@ def _fit(self:Learner):
             if hasattr(sampler, 'set_epoch'): sampler.set_epoch(self.state.epoch, skip=self.state.samples_in_epoch)
             try:
                 self.event('before_epoch')
-                for mbs in _chunks(self.train_dl, self.grad_accum):
+                for mbs in chunks(self.train_dl, self.grad_accum):
                     self.one_step(mbs)
                     self.state.elapsed = time.time() - self.t0
                     if self.state.step >= self.max_steps: break
@@ -445,53 +266,48 @@ def _fit(self:Learner):
         self._after_fit()
     return self
 
+# %% ../nbs/05_loop.ipynb #870db8b6
+@patch
 def _after_fit(self:Learner):
     guard = self.error is not None   # after an error every callback still cleans up (signal handlers, files), and none hides the error
     self.event('after_fit', guard)
     self._flush_log(guard)
 
-def _check(self:Learner):
+# %% ../nbs/05_loop.ipynb #52a19896
+@patch
+def check(self:Learner):
     "Fire `check`: every callback refuses now, before anything is trained or written, a run it cannot serve."
     self.event('check')
 
-Learner.fit, Learner.check, Learner._next_epoch, Learner._after_fit = _fit, _check, _next_epoch, _after_fit
-
 # %% ../nbs/05_loop.ipynb #28b5cc8b
-def perplexity(loss:float) -> float:
-    "exp of a mean loss in nats, capped at exp(50) so that a diverged run reports a number, not an overflow."
-    return math.exp(min(loss, 50))
-
-@torch.no_grad()
-def _validate(self:Learner, dl=None, prefix='eval_') -> dict:
+@patch
+def validate(self:Learner, dl=None, prefix='eval_') -> dict:
+    "The task's metrics on `dl` (default: the validation loader), from its sums over every batch and process; also kept in `learn.metrics`."
     dl = dl or self.valid_dl
     if dl is None: return {}
     self.event('before_validate')
-    was_training = self.model.training
+    was_training, tot = self.model.training, None
     self.model.eval()
-    tot = None
-    for b in dl:
-        with self.acc.autocast(): s = self.task.eval_sums(self.model, _to(b, self.acc.device))
-        tot = s if tot is None else {k: tot[k] + s[k] for k in tot}
+    with torch.no_grad():
+        for b in dl:
+            with self.acc.autocast(): s = self.task.eval_sums(self.model, _to(b, self.acc.device))
+            tot = s if tot is None else {k: tot[k] + s[k] for k in tot}
     if was_training: self.model.train()
-    tot = {k: self.acc.reduce(v.float().reshape(1), 'sum').item() for k, v in tot.items()}
-    loss = tot['loss'] / max(tot['n'], 1)
-    self.metrics = {f'{prefix}loss': loss, f'{prefix}perplexity': perplexity(loss),
-                    f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
+    total = lambda v: self.acc.reduce(torch.as_tensor(v, device=self.acc.device).float().reshape(-1), 'sum').cpu().reshape(torch.as_tensor(v).shape)
+    self.metrics = self.task.eval_metrics({k: total(v) for k, v in tot.items()}, prefix)
     self.event('after_validate')
     return self.metrics
-
-Learner.validate = _validate
 
 # %% ../nbs/05_loop.ipynb #f6b25a86
 class ClipGradCB(Callback):
     "Clip the global gradient norm to `max_norm` (0 = no clipping, the norm is still measured)."
     order = 10
-    def __init__(self, max_norm:float=1.0): self.max_norm, self.norms = max_norm, []
+    def __init__(self, max_norm:float=1.0): self.max_norm = max_norm
+    def before_batch(self, learn): learn.grad_norm = learn.grad_clipped = None
     def before_step(self, learn):
-        norm = learn.acc.clip_grad_norm_(learn.model.parameters(), self.max_norm if self.max_norm > 0 else float('inf'))
-        self.norms.append(norm.detach())
-    def state_dict(self): return dict(norms=[float(n) for n in self.norms])
-    def load_state_dict(self, sd): self.norms = [torch.tensor(n) for n in sd['norms']]
+        "Publishes, for this step only, `learn.grad_norm` (a tensor: no host sync) and `learn.grad_clipped` (whether it was above `max_norm`)."
+        norm = learn.acc.clip_grad_norm_(learn.model.parameters(), self.max_norm if self.max_norm > 0 else float('inf')).detach()
+        learn.grad_norm, learn.grad_clipped = norm, norm > self.max_norm if self.max_norm > 0 else torch.zeros((), dtype=torch.bool)
 
 # %% ../nbs/05_loop.ipynb #769df3de
 def peak_memory_mb() -> float:
@@ -500,27 +316,27 @@ def peak_memory_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+# %% ../nbs/05_loop.ipynb #28da63d3
 class TrainMetricsCB(Callback):
     "Log loss, lr, grad norm, clip ratio, throughput, memory and per-step metrics every `every` steps."
     order = 50
-    def __init__(self, every:int=100): self.every, self.losses, self.samples, self.extra = every, [], 0, {}
+    def __init__(self, every:int=100): self.every = every; self._clear()
+    def _clear(self): self.losses, self.norms, self.clipped, self.samples, self.extra = [], [], [], 0, {}
     def before_fit(self, learn): self.t, self.tok = time.time(), learn.state.tokens_seen
-    def _reset(self, learn):
-        self.losses, self.samples, self.extra = [], 0, {}
-        self.before_fit(learn)
-        clip = learn.cb(ClipGradCB)
-        if clip: clip.norms.clear()
+    def _reset(self, learn): self._clear(); self.before_fit(learn)
     # the window of un-logged steps is saved, so a resumed run logs the same averages as an uninterrupted one
-    def state_dict(self): return dict(losses=[float(l) for l in self.losses], samples=self.samples,
-                                      extra={k: [float(x) for x in v] for k, v in self.extra.items()})
+    def state_dict(self): return dict(losses=[float(l) for l in self.losses], samples=self.samples, norms=[float(n) for n in self.norms],
+                                      clipped=[bool(c) for c in self.clipped], extra={k: [float(x) for x in v] for k, v in self.extra.items()})
     def load_state_dict(self, sd):
         self.losses, self.samples = [torch.tensor(l) for l in sd['losses']], sd['samples']
+        self.norms, self.clipped = [torch.tensor(n) for n in sd.get('norms', [])], [torch.tensor(c) for c in sd.get('clipped', [])]
         self.extra = {k: [torch.tensor(x) for x in v] for k, v in sd.get('extra', {}).items()}
     def after_step(self, learn):
-        if not getattr(learn, 'step_skipped', False):
+        if not learn.step_skipped:   # a skipped update is left out of every average
             self.losses.append(learn.loss)
-            for k, v in getattr(learn, 'step_metrics', {}).items(): self.extra.setdefault(k, []).append(v)
-        self.samples += sum(len(b['input_ids']) for b in learn.batch)
+            for k, v in learn.step_metrics.items(): self.extra.setdefault(k, []).append(v)
+            if getattr(learn, 'grad_norm', None) is not None: self.norms.append(learn.grad_norm); self.clipped.append(learn.grad_clipped)   # ClipGradCB's
+        self.samples += sum(learn.task.n_samples(b) for b in learn.batch)
         if learn.state.step % self.every == 0 or learn.state.step == learn.max_steps: self.log_window(learn)
     def after_fit(self, learn):
         "A run that ends between logging steps (a budget, early stopping) logs its last window: the final line shows a real loss."
@@ -540,27 +356,23 @@ class TrainMetricsCB(Callback):
         dt = max(time.time() - self.t, 1e-9)
         m = dict(loss=loss, learning_rate=learn.lr, tokens_per_sec=tok / dt, samples_per_sec=samples / dt, peak_memory_mb=peak_memory_mb())
         m.update({k: torch.stack(v).mean().item() for k, v in self.extra.items()})
-        clip = learn.cb(ClipGradCB)
-        if clip and clip.norms:
-            norms = torch.stack(clip.norms).float()
-            m.update(grad_norm=norms[-1].item(), grad_clip_ratio=(norms > clip.max_norm).double().mean().item() if clip.max_norm > 0 else 0.0)
+        if self.norms: m.update(grad_norm=self.norms[-1].item(), grad_clip_ratio=torch.stack(self.clipped).double().mean().item())
         learn.log(**m)
         self._reset(learn)
 
 # %% ../nbs/05_loop.ipynb #a0865841
 class NaNGuardCB(Callback):
     "Skip updates whose loss or grad norm is NaN/inf (or whose loss spikes); raise after `max_bad` bad steps in a row."
-    order = 15  # after ClipGradCB (10), which measures the gradient norm
+    order = 15  # after ClipGradCB (10), which publishes the step's gradient norm as `learn.grad_norm`
     def __init__(self, max_bad:int=5, spike_factor:float|None=None, beta:float=0.98, warmup:int=20):
         self.max_bad, self.spike_factor, self.beta, self.warmup = max_bad, spike_factor, beta, warmup
         self.in_a_row, self.skipped, self.avg, self.n = 0, 0, 0.0, 0
     def state_dict(self): return dict(skipped=self.skipped, avg=self.avg, n=self.n)
     def load_state_dict(self, sd): self.skipped, self.avg, self.n = sd['skipped'], sd['avg'], sd['n']
     def before_step(self, learn):
-        clip = learn.cb(ClipGradCB)
         vals = [torch.as_tensor(learn.loss).detach().float().reshape(1)]
         if learn.acc.num_processes > 1: vals[0] = learn.acc.reduce(vals[0], 'mean')  # every rank decides alike
-        if clip and clip.norms: vals.append(clip.norms[-1].detach().float().reshape(1).to(vals[0].device))
+        if getattr(learn, 'grad_norm', None) is not None: vals.append(learn.grad_norm.float().reshape(1).to(vals[0].device))
         vals = torch.cat(vals).tolist()  # one host sync
         loss, mean = vals[0], self.avg / (1 - self.beta ** self.n) if self.n else None
         if all(map(math.isfinite, vals)):
@@ -575,12 +387,9 @@ class NaNGuardCB(Callback):
             raise FloatingPointError(f"{what} at step {learn.state.step + 1}: {self.in_a_row} bad steps in a row, stopping before "
                                      "anything is saved; lower the learning rate, check the data, or try bf16 instead of fp16")
         warnings.warn(f"{what} at step {learn.state.step + 1}: skipping this update ({self.skipped} skipped so far)")
-        if clip and clip.norms: clip.norms.pop()
         raise CancelStep()
 
 # %% ../nbs/05_loop.ipynb #39617518
-from .config import STRATEGIES
-
 def finished_epoch(learn) -> int|None:
     "At `after_epoch`: the epoch (counting from 1) that has just ended, or None when `max_steps` or a stop cut it short."
     st, dl = learn.state, learn.train_dl
@@ -589,6 +398,7 @@ def finished_epoch(learn) -> int|None:
     done = st.batch_in_epoch - start >= len(dl) // learn.grad_accum * learn.grad_accum   # `max_steps` took the epoch's last step
     return st.epoch + 1 if done else None
 
+# %% ../nbs/05_loop.ipynb #f244d21a
 class EvalCB(Callback):
     "Run `learn.validate()` every `every` steps (`strategy='steps'`), at every epoch end (`'epoch'`) or not during training (`'no'`), and at the end."
     order = 40
@@ -614,11 +424,8 @@ class TimeBudgetCB(Callback):
     "Stop training after `hours` of training time (summed over resumes); start a WSD schedule's decay in time."
     order = 90
     def __init__(self, hours:float, every:int=10): self.budget, self.every = hours * 3600, every
-    def status(self, learn) -> str:
-        "`Elapsed: X.XXh | Remaining: Y.YYh`."
-        el = (time.time() - learn.t0) / 3600
-        return f"Elapsed: {el:.2f}h | Remaining: {max(self.budget/3600 - el, 0):.2f}h"
     def before_fit(self, learn):
+        learn.time_budget = self.budget   # published for the progress bar and the e-mails (this callback is its one owner)
         self.step0, self.el0, self.forecast = learn.state.step, learn.state.elapsed, 10
         for f in wsd_lambdas(learn.sched):   # resumed with budget left after a decay that ended: plan a new one
             if f.moved and sum(f.moved) <= learn.state.step and learn.state.elapsed < self.budget: f.moved = None
@@ -662,7 +469,13 @@ class TimeBudgetCB(Callback):
         learn.stop_reason = 'time-limit'
         print(f"The learning-rate decay planned for the time budget ended at step {learn.state.step}: stopping.")
         raise CancelFit()
-    def after_epoch(self, learn): print(self.status(learn))
+    def after_epoch(self, learn): print(budget_status(learn))
+
+# %% ../nbs/05_loop.ipynb #eb0860ad
+def budget_status(learn) -> str:
+    "`Elapsed: X.XXh | Remaining: Y.YYh` of the time budget `TimeBudgetCB` published as `learn.time_budget` (seconds)."
+    el = (time.time() - learn.t0) / 3600
+    return f"Elapsed: {el:.2f}h | Remaining: {max(learn.time_budget/3600 - el, 0):.2f}h"
 
 # %% ../nbs/05_loop.ipynb #81995abc
 class ProgressCB(Callback):
@@ -678,15 +491,12 @@ class ProgressCB(Callback):
         if learn.state.step % self.refresh == 0:
             dt = max(time.time() - self.t, 1e-9)
             post = dict(loss=f'{learn.loss.item():.3f}', lr=f'{learn.lr:.2e}', tok_s=f'{(learn.state.tokens_seen - self.tok)/dt:.0f}')
-            tb = learn.cb(TimeBudgetCB)
-            if tb: post['time'] = tb.status(learn)
+            if getattr(learn, 'time_budget', None): post['time'] = budget_status(learn)
             self.bar.set_postfix(post, refresh=False)
             self.t, self.tok = time.time(), learn.state.tokens_seen
     def after_log(self, learn):
-        if 'eval_loss' in learn.record:
-            r = learn.record
-            self.bar.write(f"step {learn.state.step}: " + ', '.join(f'{k[5:]} {r[k]:.4f}' for k in
-                           ('eval_loss', 'eval_perplexity', 'eval_token_accuracy', 'eval_rewards/accuracies') if k in r))
+        "After an evaluation: the task's headline metrics, on a line of their own."
+        if shown := headline(learn.task, learn.record): self.bar.write(f"step {learn.state.step}: {shown}")
     def after_fit(self, learn): self.bar.close()
 
 # %% ../nbs/05_loop.ipynb #2855baf5
@@ -704,6 +514,7 @@ def plot_history(history):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_loop.ipynb #80a4d08d
 class HistoryCB(Callback):
     "Write `loss_history.json` (atomically) after each log."
     order = 110
@@ -733,6 +544,7 @@ class TensorBoardCB(Callback):
     def after_fit(self, learn):
         if self.writer is not None: self.writer.close(); self.writer = None
 
+# %% ../nbs/05_loop.ipynb #efe75997
 class JsonlCB(Callback):
     "Every logged record appended as one JSON line to `<output_dir>/metrics.jsonl`."
     order = 120

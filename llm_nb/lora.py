@@ -6,21 +6,20 @@ Docs: https://llm-nb.github.io/llm_nb/lora.html.md"""
 
 # %% ../nbs/06_lora.ipynb #5ab5d4f1
 from __future__ import annotations
-import json, warnings
+import warnings
 from pathlib import Path
 import torch
-from torch import nn
 from safetensors.torch import save_file, load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from peft import (LoraConfig as PeftLoraConfig, PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training,
                   get_peft_model_state_dict, set_peft_model_state_dict)
 from .config import Config, ModelConfig, LoraConfig
-from .model import build_model, count_params, require_safetensors
+from .model import build_model, require_safetensors, enable_gradient_checkpointing
 
 # %% auto #0
 __all__ = ['TARGET_MODULES', 'auto_target_modules', 'peft_lora_config', 'is_quantised', 'add_lora', 'trainable_report',
-           'describe_trainable', 'quantisation_config', 'fix_bnb_cpu', 'load_quantised', 'lora_model', 'is_peft',
-           'save_adapter_state', 'load_adapter_state', 'lora_base', 'merge_lora']
+           'describe_trainable', 'quantisation_config', 'fix_bnb_cpu', 'load_quantised', 'lora_model', 'wants_adapters',
+           'training_model', 'is_peft', 'save_adapter_state', 'load_adapter_state', 'lora_base', 'merge_lora']
 
 # %% ../nbs/06_lora.ipynb #9c77c74e
 TARGET_MODULES = {
@@ -36,6 +35,7 @@ def auto_target_modules(model) -> list|str:
     "The LoRA target modules for `model`'s architecture (`'all-linear'` when it is not in `TARGET_MODULES`)."
     return TARGET_MODULES.get(getattr(model.config, 'model_type', None), 'all-linear')
 
+# %% ../nbs/06_lora.ipynb #e3f8c126
 def peft_lora_config(cfg:LoraConfig, model, trainable_tokens=None) -> PeftLoraConfig:
     "The peft `LoraConfig` for llm_nb's `lora` section (plus fully trained embedding rows `trainable_tokens`)."
     targets = auto_target_modules(model) if cfg.target_modules == 'auto' else cfg.target_modules
@@ -52,6 +52,7 @@ def peft_lora_config(cfg:LoraConfig, model, trainable_tokens=None) -> PeftLoraCo
 def is_quantised(model) -> bool:
     return bool(getattr(model, 'is_loaded_in_4bit', False) or getattr(model, 'is_loaded_in_8bit', False))
 
+# %% ../nbs/06_lora.ipynb #dc67285a
 def add_lora(model, cfg:LoraConfig|None=None, gradient_checkpointing:bool=False, trainable_tokens=()):
     "Wrap `model` in a peft LoRA `PeftModel` (base frozen); k-bit preparation and safe gradient checkpointing."
     cfg = cfg or LoraConfig()
@@ -59,8 +60,7 @@ def add_lora(model, cfg:LoraConfig|None=None, gradient_checkpointing:bool=False,
     if is_quantised(model):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=gc_kw)
     elif gradient_checkpointing:
-        if hasattr(model, 'activation_checkpointing_enable'): model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kw)
-        else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kw)  # transformers < 5.2x
+        enable_gradient_checkpointing(model)
         model.enable_input_require_grads()
     return get_peft_model(model, peft_lora_config(cfg, model, trainable_tokens))
 
@@ -69,6 +69,7 @@ def _n_params(p):
     n = p.numel()
     return n * 2 if p.__class__.__name__ == 'Params4bit' else n
 
+# %% ../nbs/06_lora.ipynb #83c968f1
 def trainable_report(model) -> dict:
     "Trainable and total parameter counts, and the trainable percentage."
     seen, total, train = set(), 0, 0
@@ -78,6 +79,7 @@ def trainable_report(model) -> dict:
         if p.requires_grad: train += n
     return dict(trainable=train, total=total, percent=100 * train / max(total, 1))
 
+# %% ../nbs/06_lora.ipynb #8bb636a6
 def describe_trainable(model) -> str:
     r = trainable_report(model)
     return f"trainable params: {r['trainable']:,} || all params: {r['total']:,} || trainable%: {r['percent']:.4f}"
@@ -92,6 +94,7 @@ def quantisation_config(cfg:ModelConfig) -> BitsAndBytesConfig|None:
     if cfg.load_in_8bit: return BitsAndBytesConfig(load_in_8bit=True)
     return None
 
+# %% ../nbs/06_lora.ipynb #0731f2fb
 def fix_bnb_cpu(model):
     "Stop bitsandbytes repacking 4-bit weights on the CPU in eval mode (which breaks later LoRA gradients)."
     import bitsandbytes as bnb
@@ -99,6 +102,7 @@ def fix_bnb_cpu(model):
         if isinstance(m, bnb.nn.Linear4bit): m.support_avx512bf16_for_cpu = False
     return model
 
+# %% ../nbs/06_lora.ipynb #37637d8a
 def load_quantised(cfg:ModelConfig, tok=None):
     "Load `cfg.name_or_path` with 4-bit (NF4) or 8-bit weights on this process's device."
     qc = quantisation_config(cfg)
@@ -128,15 +132,27 @@ def lora_model(cfg:Config, tok=None):
         new = list(range(n0, len(tok)))
     return add_lora(base, cfg.lora, cfg.model.gradient_checkpointing, trainable_tokens=new)
 
+# %% ../nbs/06_lora.ipynb #cbf5b770
+def wants_adapters(cfg:Config) -> bool:
+    "Whether `cfg` trains LoRA adapters on a frozen (possibly quantised) base rather than every weight."
+    return cfg.training_type == 'lora' or (cfg.training_type == 'dpo' and cfg.dpo.use_lora) or cfg.model.load_in_4bit or cfg.model.load_in_8bit
+
+# %% ../nbs/06_lora.ipynb #72f81066
+def training_model(cfg:Config, tok=None):
+    "The model `cfg` trains: `lora_model` where it asks for adapters, else `build_model` (pretrained or from its sizes)."
+    return lora_model(cfg, tok) if wants_adapters(cfg) else build_model(cfg.model, tok)
+
 # %% ../nbs/06_lora.ipynb #464b0c65
 def is_peft(model) -> bool: return isinstance(model, PeftModel)
 
+# %% ../nbs/06_lora.ipynb #959e6637
 def save_adapter_state(model, path):
     "Write only the adapter weights of the peft `model` to the safetensors file `path`."
     # clone: with tied embeddings peft returns the input and output token adapters as one shared tensor, which safetensors refuses
     sd = {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(sd, str(path))
 
+# %% ../nbs/06_lora.ipynb #8987941b
 def load_adapter_state(model, path):
     "Load adapter weights saved by `save_adapter_state` into `model`; every key must match."
     sd = load_file(str(path))
@@ -160,6 +176,7 @@ def lora_base(adapter_dir) -> str:
     if not base: raise ValueError(f"{adapter_dir/'adapter_config.json'}: no base_model_name_or_path; pass base=")
     return base
 
+# %% ../nbs/06_lora.ipynb #883b7604
 def merge_lora(adapter_dir, base:str|None=None) -> tuple:
     "The LoRA adapter in `adapter_dir` merged into its base model (or `base`): `(standalone HF model, tokenizer)`."
     adapter_dir = Path(adapter_dir)

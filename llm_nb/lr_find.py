@@ -9,19 +9,13 @@ from __future__ import annotations
 import copy, math
 from pathlib import Path
 import numpy as np, torch
-from .loop import Learner, _to
+from .callback import Callback, CancelFit
+from .loop import Learner, TrainState, ClipGradCB
 
 # %% auto #0
-__all__ = ['suggest_lr', 'plot_lr_find', 'lr_find']
+__all__ = ['suggest_lr', 'plot_lr_find', 'LRFinderCB', 'lr_find']
 
 # %% ../nbs/05b_lr_find.ipynb #96273921
-def _batches(dl, k):
-    while True:
-        buf = []
-        for b in dl:
-            buf.append(b)
-            if len(buf) == k: yield buf; buf = []
-
 def suggest_lr(lrs, losses) -> float:
     "The lr of the steepest descent of `losses` against log(lr), before their minimum (fallback: min-lr / 10)."
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
@@ -30,6 +24,7 @@ def suggest_lr(lrs, losses) -> float:
     g = np.gradient(losses[:i_min + 1], np.log(lrs[:i_min + 1]))
     return float(lrs[int(g[1:].argmin()) + 1])
 
+# %% ../nbs/05b_lr_find.ipynb #74b679c6
 def plot_lr_find(res:dict, path=None):
     "Smoothed loss against lr (log scale), with the suggestion marked; saved to `path` when given."
     import matplotlib
@@ -46,49 +41,50 @@ def plot_lr_find(res:dict, path=None):
     return fig
 
 # %% ../nbs/05b_lr_find.ipynb #fdff5a33
+class LRFinderCB(Callback):
+    "Grow the learning rate geometrically from `start_lr` to `end_lr` over `num_steps` steps, record the smoothed loss, stop when it diverges; restore everything after."
+    order = -10   # sets the step's rate before any other callback sees it
+    def __init__(self, start_lr:float=1e-7, end_lr:float=10.0, num_steps:int=100, diverge:float=4.0, beta:float=0.98):
+        if not (0 < start_lr < end_lr): raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
+        if num_steps < 2: raise ValueError(f"lr_find: num_steps={num_steps}: need at least 2")
+        self.start_lr, self.mult, self.diverge, self.beta = start_lr, (end_lr / start_lr) ** (1 / (num_steps - 1)), diverge, beta
+    def before_fit(self, learn):
+        opt = learn.opt
+        self.saved = ({k: v.detach().clone() for k, v in learn.raw_model.state_dict().items()}, copy.deepcopy(opt.state_dict()),
+                      torch.get_rng_state(), learn.model.training)
+        peaks = [g.get('initial_lr', g['lr']) for g in opt.param_groups]
+        self.ratios = [p / max(peaks) if max(peaks) > 0 else 1.0 for p in peaks]   # layer-wise decay keeps its ratios
+        self.lrs, self.losses, self.avg, self.best = [], [], 0.0, math.inf
+    def before_batch(self, learn):
+        self.lr = self.start_lr * self.mult ** learn.state.step
+        for g, r in zip(learn.opt.param_groups, self.ratios): g['lr'] = self.lr * r
+    def after_step(self, learn):
+        loss = float(learn.loss)
+        if not math.isfinite(loss): raise CancelFit()
+        self.avg = self.beta * self.avg + (1 - self.beta) * loss
+        smooth = self.avg / (1 - self.beta ** learn.state.step)
+        self.lrs.append(self.lr); self.losses.append(smooth)
+        self.best = min(self.best, smooth)
+        if smooth > self.diverge * self.best: raise CancelFit()
+    def after_fit(self, learn):
+        model, opt, rng, was = self.saved
+        learn.raw_model.load_state_dict(model); learn.opt.load_state_dict(opt); torch.set_rng_state(rng); learn.model.train(was)
+
+# %% ../nbs/05b_lr_find.ipynb #lrf2a002
 def lr_find(learn:Learner|None=None, *, model=None, train_dl=None, task=None, opt=None, start_lr:float=1e-7, end_lr:float=10.0,
             num_steps:int=100, diverge:float=4.0, beta:float=0.98, max_grad_norm:float=1.0, plot_path=None) -> dict:
     "Exponential lr sweep on `learn` (or a Learner built from the parts); returns `lrs`, `losses`, `suggestion`, `min_lr`."
     if learn is None:
         if model is None or train_dl is None: raise ValueError("lr_find: give a Learner or model= and train_dl=")
         learn = Learner(model, train_dl, task=task, opt=opt, max_steps=num_steps)
-    if not (0 < start_lr < end_lr): raise ValueError(f"lr_find: need 0 < start_lr < end_lr, got {start_lr}, {end_lr}")
-    if num_steps < 2: raise ValueError(f"lr_find: num_steps={num_steps}: need at least 2")
-    opt, acc = learn.opt, learn.acc
-    saved_model = {k: v.detach().clone() for k, v in learn.raw_model.state_dict().items()}
-    saved_opt, rng = copy.deepcopy(opt.state_dict()), torch.get_rng_state()
-    peaks = [g.get('initial_lr', g['lr']) for g in opt.param_groups]
-    ratios = [p / max(peaks) if max(peaks) > 0 else 1.0 for p in peaks]
-    mult = (end_lr / start_lr) ** (1 / (num_steps - 1))
-    lrs, losses, avg, best = [], [], 0.0, math.inf
-    was = learn.model.training; learn.model.train()
-    try:
-        for i, mbs in zip(range(num_steps), _batches(learn.train_dl, learn.grad_accum)):
-            lr = start_lr * mult ** i
-            for g, r in zip(opt.param_groups, ratios): g['lr'] = lr * r
-            learn.batch, learn.step_metrics = [_to(b, acc.device) for b in mbs], {}
-            n = sum(learn.task.n_tokens(b) for b in learn.batch).clamp(min=1)
-            loss = 0.0
-            for b in learn.batch:
-                l = learn.training_step(b, n)
-                acc.backward(l); loss = loss + l.detach()
-            if max_grad_norm > 0: acc.clip_grad_norm_(learn.model.parameters(), max_grad_norm)
-            opt.step(); opt.zero_grad(set_to_none=True)
-            loss = float(loss)
-            if not math.isfinite(loss): break
-            avg = beta * avg + (1 - beta) * loss
-            sm = avg / (1 - beta ** (i + 1))
-            lrs.append(lr); losses.append(sm)
-            best = min(best, sm)
-            if sm > diverge * best: break
-    finally:
-        learn.raw_model.load_state_dict(saved_model)
-        opt.load_state_dict(saved_opt)
-        torch.set_rng_state(rng)
-        learn.model.train(was)
-    if len(lrs) < 2: raise FloatingPointError(f"lr_find: the loss was not finite from the first steps (start_lr={start_lr}); check the data or lower start_lr")
-    res = dict(lrs=lrs, losses=losses, suggestion=suggest_lr(lrs, losses), min_lr=lrs[int(np.argmin(losses))] / 10)
-    if plot_path is not None and acc.is_main_process:
+    finder = LRFinderCB(start_lr, end_lr, num_steps, diverge, beta)
+    kept = learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error
+    learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history = [finder, ClipGradCB(max_grad_norm)], None, num_steps, TrainState(), []
+    try: learn.fit()
+    finally: learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error = kept
+    if len(finder.lrs) < 2: raise FloatingPointError(f"lr_find: the loss was not finite from the first steps (start_lr={start_lr}); check the data or lower start_lr")
+    res = dict(lrs=finder.lrs, losses=finder.losses, suggestion=suggest_lr(finder.lrs, finder.losses), min_lr=finder.lrs[int(np.argmin(finder.losses))] / 10)
+    if plot_path is not None and learn.acc.is_main_process:
         import matplotlib.pyplot as plt
         plt.close(plot_lr_find(res, plot_path))
     return res

@@ -6,22 +6,22 @@ Docs: https://llm-nb.github.io/llm_nb/metrics.html.md"""
 
 # %% ../nbs/08_metrics.ipynb #0566a98d
 from __future__ import annotations
-import functools, logging, math, os, re, time, warnings
+import functools, logging, os, time, warnings
 from pathlib import Path
-import torch, torch.nn.functional as F
+import torch
 from accelerate.utils import broadcast_object_list
 from .config import ConfigError, EvaluationConfig
-from .data import DataError, tokenise
+from .data import DataError
 from .model import context_length, fit_to_context, flops_per_token
-from .loop import Callback, perplexity
-from .sft import read_records
+from .callback import Callback
+from .tasks import perplexity
+from .data import read_records
 
 # %% auto #0
 __all__ = ['logger', 'PEAK_FLOPS', 'ALERT_RULES', 'table_peak', 'measure_cpu_peak', 'peak_flops', 'MFUCB', 'gpu_utilization',
-           'GPUUtilCB', 'domain_sums', 'metric_name', 'domain_metrics', 'DomainEvalTask', 'DomainEvalCB',
-           'per_domain_eval', 'bytes_per_token', 'BitsPerByteCB', 'generate_batch', 'bleu_rouge',
-           'read_generation_pairs', 'check_bertscore_model', 'bertscore_layer', 'bertscore', 'main_process_result',
-           'GenerationEvalCB', 'plot_metrics', 'PlotsCB', 'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
+           'GPUUtilCB', 'generate_batch', 'bleu_rouge', 'read_generation_pairs', 'check_bertscore_model',
+           'bertscore_layer', 'bertscore', 'main_process_result', 'GenerationEvalCB', 'plot_metrics', 'PlotsCB',
+           'WandbCB', 'check_alerts', 'check_thresholds', 'AlertsCB']
 
 # %% ../nbs/08_metrics.ipynb #a2785140
 logger = logging.getLogger('llm_nb')
@@ -56,6 +56,7 @@ def measure_cpu_peak(dtype=torch.float32, n:int=1024, seconds:float=0.3) -> floa
         if time.perf_counter() > t_end: break
     return 2 * n**3 / best
 
+# %% ../nbs/08_metrics.ipynb #074b6412
 def peak_flops(device, precision:str='no') -> float|None:
     "Peak FLOP/s for one `device` at `precision`: the table for GPUs, a measured GEMM for the CPU, None if unknown."
     device = torch.device(device)
@@ -94,6 +95,7 @@ def _nvml_handle(index:int):
         except Exception: return pynvml.nvmlDeviceGetHandleByIndex(index)
     except Exception: return None
 
+# %% ../nbs/08_metrics.ipynb #f4b0076e
 def gpu_utilization(device=None) -> dict:
     "`gpu_util` (%) and `gpu_memory_used_mb` of a CUDA `device` from NVML; {} without pynvml or a GPU."
     if not torch.cuda.is_available(): return {}
@@ -105,103 +107,12 @@ def gpu_utilization(device=None) -> dict:
                      gpu_memory_used_mb=pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20)
     except Exception: return {}
 
+# %% ../nbs/08_metrics.ipynb #a2ebc5d3
 class GPUUtilCB(Callback):
     "Log `gpu_util` and `gpu_memory_used_mb` at each training log step (CUDA and pynvml only)."
     order, side_task = 56, True
     def after_step(self, learn):
         if 'tokens_per_sec' in learn.record: learn.log(**gpu_utilization(learn.acc.device))
-
-# %% ../nbs/08_metrics.ipynb #4d29ed5d
-def domain_sums(logits, labels, domain, n_domains:int):
-    "Summed next-token loss, correct predictions and target counts of one batch per domain: three float [n_domains] tensors."
-    if domain.numel() and (int(domain.min()) < 0 or int(domain.max()) >= n_domains):
-        raise ValueError(f"batch['domain'] holds ids {sorted(set(domain.tolist()))}, outside 0..{n_domains-1}: "
-                         "give every domain a name")
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != -100
-    tok = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100,
-                          reduction='none').view(labels.shape)
-    correct = (logits.argmax(-1) == labels) & mask
-    z = torch.zeros(n_domains, device=logits.device)
-    return (z.index_add(0, domain, tok.sum(1)), z.index_add(0, domain, correct.sum(1).float()),
-            z.index_add(0, domain, mask.sum(1).float()))
-
-# %% ../nbs/08_metrics.ipynb #4fce2a1e
-def metric_name(name) -> str:
-    "A domain name made safe for metric keys, file names and TensorBoard tags."
-    return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name)).strip('_') or 'domain'
-
-def domain_metrics(loss, correct, n, names, prefix='eval_') -> dict:
-    "`{prefix}<domain>_loss/_perplexity/_token_accuracy` from per-domain sums; domains without targets are left out."
-    out = {}
-    for i, name in enumerate(names):
-        if float(n[i]) == 0: continue
-        l = float(loss[i]) / float(n[i])
-        k = f'{prefix}{metric_name(name)}_'
-        out.update({k+'loss': l, k+'perplexity': perplexity(l), k+'token_accuracy': float(correct[i]) / float(n[i])})
-    return out
-
-# %% ../nbs/08_metrics.ipynb #90cebcf9
-class DomainEvalTask:
-    "Wraps `task`: overall eval sums as usual, per-domain sums accumulated in `self.sums` when batches carry `domain`."
-    def __init__(self, task, n_domains:int): self.task, self.n_domains, self.sums = task, n_domains, None
-    def __getattr__(self, k): return getattr(self.task, k)
-    def eval_sums(self, model, batch) -> dict:
-        if 'domain' not in batch or 'labels' not in batch: return self.task.eval_sums(model, batch)
-        s = domain_sums(self.task.forward(model, batch), batch['labels'], batch['domain'], self.n_domains)
-        self.sums = s if self.sums is None else tuple(a + b for a, b in zip(self.sums, s))
-        return dict(loss=s[0].sum(), correct=s[1].sum(), n=s[2].sum())
-
-class DomainEvalCB(Callback):
-    "Add `eval_<domain>_loss/_perplexity/_token_accuracy` to every validation; `names[i]` names domain id `i`."
-    order = 30
-    def __init__(self, names): self.names = list(names)
-    def before_validate(self, learn):
-        if not isinstance(learn.task, DomainEvalTask): learn.task = DomainEvalTask(learn.task, len(self.names))
-    def after_validate(self, learn):
-        task = learn.task
-        if not isinstance(task, DomainEvalTask): return
-        learn.task = task.task
-        if task.sums is None: return
-        sums = [learn.acc.reduce(s, 'sum') for s in task.sums]
-        prefix = min((k[:-4] for k in learn.metrics if k.endswith('loss')), key=len, default='eval_')
-        learn.metrics.update(domain_metrics(*sums, self.names, prefix))
-
-# %% ../nbs/08_metrics.ipynb #e18a44a5
-@torch.no_grad()
-def per_domain_eval(model, dl, names, task=None, device=None, prefix='eval_') -> dict:
-    "Overall and per-domain loss, perplexity and token accuracy of `model` on `dl`, streamed one batch at a time."
-    from llm_nb.loop import LMTask
-    t = DomainEvalTask(task or LMTask(), len(names))
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    tot = dict(loss=0., correct=0., n=0.)
-    for b in dl:
-        s = t.eval_sums(model, {k: v.to(device) for k, v in b.items()})
-        tot = {k: tot[k] + float(s[k]) for k in tot}
-    if was_training: model.train()
-    loss = tot['loss'] / max(tot['n'], 1)
-    out = {f'{prefix}loss': loss, f'{prefix}perplexity': perplexity(loss), f'{prefix}token_accuracy': tot['correct'] / max(tot['n'], 1)}
-    if t.sums is not None: out.update(domain_metrics(*t.sums, names, prefix))
-    return out
-
-# %% ../nbs/08_metrics.ipynb #a28f7877
-def bytes_per_token(texts, ids_per_doc) -> float:
-    "UTF-8 bytes of `texts` per token of `ids_per_doc` (their ids without special tokens), one EOS per document counted."
-    n_bytes = sum(len(t.encode('utf-8')) for t in texts)
-    return n_bytes / sum(len(ids) + 1 for ids in ids_per_doc)
-
-class BitsPerByteCB(Callback):
-    "Add `eval_bpb` (bits per UTF-8 byte of the validation text) to every validation that has `eval_loss`."
-    order = 36
-    def __init__(self, bytes_per_token:float): self.bpt = bytes_per_token
-    @classmethod
-    def of(cls, docs, tok):
-        "For the documents `docs` (a dataset with `text`) as `tok` splits them (tokenise is disk-cached: a second call is free)."
-        return cls(bytes_per_token(docs['text'], tokenise(docs, tok)['input_ids']))
-    def after_validate(self, learn):
-        if 'eval_loss' in learn.metrics: learn.metrics['eval_bpb'] = learn.metrics['eval_loss'] / (math.log(2) * self.bpt)
 
 # %% ../nbs/08_metrics.ipynb #3241847a
 @torch.no_grad()
@@ -230,6 +141,7 @@ def _check_pairs(predictions, references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions: raise ValueError("no prompt/reference pairs to score")
 
+# %% ../nbs/08_metrics.ipynb #a7d61239
 def bleu_rouge(predictions, references) -> dict:
     "Corpus `bleu` (sacrebleu, 0–100) and mean `rouge1`, `rouge2`, `rougeL` F-measures (rouge-score, 0–1)."
     _check_pairs(predictions, references)
@@ -261,6 +173,7 @@ def _bert_score():
     except ImportError: raise ImportError("BERTScore needs the bert-score package: pip install 'llm_nb[metrics]'") from None
     return bert_score
 
+# %% ../nbs/08_metrics.ipynb #21bb1954
 def check_bertscore_model(model_path) -> Path:
     "`model_path` as a `Path` if it is a local model folder and `bert-score` is installed; else an error saying which is not."
     p = Path(model_path)
@@ -270,6 +183,7 @@ def check_bertscore_model(model_path) -> Path:
     _bert_score()
     return p
 
+# %% ../nbs/08_metrics.ipynb #65fb9ef9
 def bertscore_layer(model_path) -> int:
     "The layer BERTScore reads: the package's tuned layer for a folder named after a model it knows, else the last."
     from bert_score.utils import model2layers
@@ -279,6 +193,7 @@ def bertscore_layer(model_path) -> int:
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(model_path).num_hidden_layers
 
+# %% ../nbs/08_metrics.ipynb #a4704ef5
 def bertscore(predictions, references, model_path, num_layers:int|None=None, batch_size:int=64, device=None) -> dict:
     "Mean `bertscore_precision/_recall/_f1` from `bert_score.score` with the encoder in local folder `model_path`."
     _check_pairs(predictions, references)
@@ -420,6 +335,7 @@ def check_alerts(record:dict, thresholds:dict) -> list:
                         message=f"{metric} = {v:.6g} {op} {limit:g} at step {record.get('step')}"))
     return out
 
+# %% ../nbs/08_metrics.ipynb #3f2eb9bf
 def check_thresholds(alerts:dict) -> dict:
     "Validate `notifications.alerts`: known keys, numbers or null; errors name the key."
     if not isinstance(alerts, dict): raise ConfigError(f"notifications.alerts: expected a mapping, got {alerts!r}")
@@ -431,7 +347,7 @@ def check_thresholds(alerts:dict) -> dict:
 
 # %% ../nbs/08_metrics.ipynb #aa8bbe5c
 class AlertsCB(Callback):
-    "Check every logged record against `thresholds`; warn, and keep `learn.alerts`, `learn.active_alerts`, `learn.new_alerts`."
+    "Check every logged record against `thresholds` and warn; the one owner of `learn.alerts`, `learn.active_alerts` and `learn.new_alerts` (which `EmailNotifyCB` reads)."
     order, side_task = 105, True
     def __init__(self, thresholds:dict|None=None):
         from llm_nb.config import NotificationsConfig

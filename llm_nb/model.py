@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from .config import ModelConfig
 
 # %% auto #0
-__all__ = ['model_config', 'require_safetensors', 'build_model', 'compile_model', 'count_params', 'flops_per_token', 'describe',
-           'context_length', 'fit_to_context']
+__all__ = ['model_config', 'require_safetensors', 'enable_gradient_checkpointing', 'build_model', 'compile_model', 'count_params',
+           'flops_per_token', 'describe', 'context_length', 'fit_to_context']
 
 # %% ../nbs/03_model.ipynb #bb131a03
 def model_config(cfg:ModelConfig, vocab_size:int, bos_id=None, eos_id=None, pad_id=None):
@@ -39,6 +39,14 @@ def require_safetensors(path) -> None:
                             "unpickling a file can run arbitrary code. Convert it once where you trust the file: "
                             f"`AutoModelForCausalLM.from_pretrained('{p}').save_pretrained('{p}')` (transformers writes safetensors)")
 
+# %% ../nbs/03_model.ipynb #36e102a2
+def enable_gradient_checkpointing(model):
+    "HF gradient checkpointing, non-reentrant (RNG replayed; works with frozen inputs, e.g. LoRA on a frozen base)."
+    kw = {'use_reentrant': False}
+    if hasattr(model, 'activation_checkpointing_enable'): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # transformers < 5.2x
+    return model
+
 # %% ../nbs/03_model.ipynb #926e4021
 def build_model(cfg:ModelConfig, tok=None, vocab_size:int|None=None):
     "A causal LM: loaded from `cfg.name_or_path`, or freshly initialised from the sizes in `cfg`."
@@ -52,8 +60,7 @@ def build_model(cfg:ModelConfig, tok=None, vocab_size:int|None=None):
         vocab_size = vocab_size or len(tok)
         ids = (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if tok is not None else (None, None, None)
         model = AutoModelForCausalLM.from_config(model_config(cfg, vocab_size, *ids), attn_implementation='sdpa')
-    if cfg.gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
-    return model
+    return enable_gradient_checkpointing(model) if cfg.gradient_checkpointing else model
 
 # %% ../nbs/03_model.ipynb #a4372f07
 def compile_model(model):
@@ -68,6 +75,7 @@ def count_params(model, trainable_only=False) -> int:
     "Number of (unique) parameters."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
+# %% ../nbs/03_model.ipynb #44dfdbb5
 def flops_per_token(model, seq_len:int) -> float:
     "Training FLOPs per token: 6N + 12·L·H·Q·T (N without position embeddings)."
     c = model.config
@@ -77,6 +85,7 @@ def flops_per_token(model, seq_len:int) -> float:
     L, H = c.num_hidden_layers, c.num_attention_heads
     return 6 * n + 12 * L * H * (c.hidden_size // H) * seq_len
 
+# %% ../nbs/03_model.ipynb #02c36daf
 def describe(model, seq_len:int) -> str:
     "One line: architecture, parameters and training GFLOPs per token."
     return (f"{type(model).__name__}: {count_params(model)/1e6:.2f}M parameters, "
@@ -88,6 +97,7 @@ def context_length(model) -> int|None:
     c = model.config
     return getattr(c, 'max_position_embeddings', None) or getattr(c, 'n_positions', None)
 
+# %% ../nbs/03_model.ipynb #6bce9c03
 def fit_to_context(inputs, max_new_tokens:int, n_ctx:int|None):
     "Cut `inputs` (a `[B, T]` left-padded id tensor, or a dict of them) and `max_new_tokens` to fit `n_ctx`: `(inputs, max_new_tokens, note or None)`."
     many = not torch.is_tensor(inputs)   # a dict (or tokenizer `BatchEncoding`) of input_ids, attention_mask, ...

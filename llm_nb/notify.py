@@ -11,7 +11,9 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from .config import ConfigError
-from .loop import Callback, finished_epoch, peak_memory_mb, step_of, NO_STEP_LIMIT, TimeBudgetCB
+from .loop import finished_epoch, peak_memory_mb, step_of
+from .callback import Callback
+from .tasks import NO_STEP_LIMIT
 from .metrics import gpu_utilization
 
 # %% auto #0
@@ -57,6 +59,7 @@ class SMTPSettings:
 def _recipients(to) -> list:
     return [a.strip() for a in (to.split(',') if isinstance(to, str) else to) if a.strip()]
 
+# %% ../nbs/08a_notify.ipynb #191421d1
 def send_email(settings:SMTPSettings, to, subject:str, body:str, timeout:float=10):
     "Send one plain-text message now (raises on failure)."
     msg = EmailMessage()
@@ -122,10 +125,15 @@ class Mailer:
 
 # %% ../nbs/08a_notify.ipynb #03420aa8
 def _fmt(v): return f'{v:.6g}' if isinstance(v, float) else str(v)
+
+# %% ../nbs/08a_notify.ipynb #3dc92d7d
 def _lines(d:dict) -> str: return '\n'.join(f'{k}: {_fmt(v)}' for k, v in d.items())
+
+# %% ../nbs/08a_notify.ipynb #e2bbf5b6
 def _hms(s:float) -> str:
     s = int(max(s, 0)); return f'{s//3600}h{s%3600//60:02d}m{s%60:02d}s'
 
+# %% ../nbs/08a_notify.ipynb #6a73aa53
 def flatten_config(d:dict, prefix='') -> dict:
     "A nested config dict as `section.key: value` pairs."
     out = {}
@@ -134,6 +142,7 @@ def flatten_config(d:dict, prefix='') -> dict:
         else: out[prefix + k] = v
     return out
 
+# %% ../nbs/08a_notify.ipynb #58848af4
 def latest_metrics(learn) -> dict:
     "The last logged value of every metric (later records win)."
     return {k: v for r in learn.history + ([learn.record] if learn.record else []) for k, v in r.items()}
@@ -141,7 +150,7 @@ def latest_metrics(learn) -> dict:
 # %% ../nbs/08a_notify.ipynb #3d97bbdb
 class EmailNotifyCB(Callback):
     "E-mail `email_to` at start, each epoch, every `status_every_minutes`, on each new alert, and at the end."
-    order = 130
+    order = 130   # after AlertsCB (105): reads the alerts it publishes on the Learner
     side_task = True  # composing a message can fail too (a template, a metric): the Learner turns that into a warning
     def __init__(self, email_to, status_every_minutes:float=10, config:dict|None=None, run_name:str|None=None,
                  settings:SMTPSettings|None=None, retries:int=3, backoff:float=2.0, timeout:float=10, close_timeout:float=60):
@@ -155,8 +164,8 @@ class EmailNotifyCB(Callback):
 
     def _eta(self, learn):
         done = learn.state.step - self.step0
-        tb = learn.cb(TimeBudgetCB)
-        if learn.max_steps >= NO_STEP_LIMIT and tb: return max(0.0, tb.budget - (time.time() - learn.t0))   # the budget is the length
+        budget = getattr(learn, 'time_budget', None)   # published by TimeBudgetCB
+        if learn.max_steps >= NO_STEP_LIMIT and budget: return max(0.0, budget - (time.time() - learn.t0))   # the budget is the length
         return (time.time() - self.t_start) / done * (learn.max_steps - learn.state.step) if done > 0 else float('nan')
 
     def _device(self, learn):

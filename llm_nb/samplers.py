@@ -7,10 +7,11 @@ Docs: https://llm-nb.github.io/llm_nb/samplers.html.md"""
 # %% ../nbs/04_samplers.ipynb #d017d70b
 from __future__ import annotations
 import math, warnings
-import numpy as np, torch, torch.nn.functional as F
+import numpy as np
 from torch.utils.data import Sampler
 from .config import ConfigError, DataConfig, SamplingConfig
-from .data import Blocks, DataError, EpochSampler
+from .data import Blocks, DataError
+from .callback import Callback
 
 # %% auto #0
 __all__ = ['shard', 'CurriculumSchedule', 'DynamicCurriculumTracker', 'domain_quotas', 'TrainSampler', 'quality_weights',
@@ -170,7 +171,7 @@ def quality_weights(quality, field:str='quality') -> np.ndarray:
     return q
 
 # %% ../nbs/04_samplers.ipynb #d7c79e48
-class DynamicCurriculumCB:
+class DynamicCurriculumCB(Callback):
     "Update the `DynamicCurriculumTracker` from each step's per-sample losses; save it with the sampler's frozen weights."
     order = 0
     def __init__(self, tracker:DynamicCurriculumTracker, sampler:TrainSampler|None=None, every:int=100):
@@ -221,7 +222,8 @@ def curriculum_length(step:int, block:int, start_length:int, end_length:int, ste
     target = end if steps <= 0 else start_length + (end - start_length) * min(1.0, step / steps)
     return max(d for d in range(1, block + 1) if block % d == 0 and d <= max(target, 1))
 
-class LengthCurriculumCB:
+# %% ../nbs/04_samplers.ipynb #2ec17d08
+class LengthCurriculumCB(Callback):
     "Cut each packed block into rows of `curriculum_length(step)` tokens before the step (tokens per batch unchanged)."
     order = -20
     def __init__(self, start_length:int=128, end_length:int=2048, steps:int=1000):
@@ -251,11 +253,13 @@ def block_fields(scfg:SamplingConfig, dcfg:DataConfig) -> dict:
     if dcfg.quality_field: meta.append(dcfg.quality_field)
     return dict(meta_fields=meta, group_field=dcfg.domain_field, unit_fields=[dcfg.quality_field] if dcfg.quality_field else [])
 
+# %% ../nbs/04_samplers.ipynb #593bbeef
 def check_sampling(scfg:SamplingConfig, block:int):
     "The one sampling rule `load_config` cannot check: the length curriculum must end inside the context the model really has."
     if scfg.use_length_curriculum and scfg.end_length > block:
         raise ConfigError(f"sampling.end_length={scfg.end_length} is longer than the context ({block}); raise model.max_length or lower end_length")
 
+# %% ../nbs/04_samplers.ipynb #c02f3b29
 def _domain_weights(scfg, names):
     if scfg.domain_weights is None: return None
     dw = scfg.domain_weights
@@ -268,6 +272,7 @@ def _domain_weights(scfg, names):
         raise ConfigError(f"sampling.domain_weights={dw}: weights must be numbers >= 0, not all 0")
     return w
 
+# %% ../nbs/04_samplers.ipynb #a68b36df
 def train_sampler(scfg:SamplingConfig, dcfg:DataConfig, blocks:Blocks, batch_size:int, seed:int=0, rank:int=0, world_size:int=1,
                   logging_steps:int=100) -> tuple:
     "The training sampler (None: the default `EpochSampler`) and the callbacks the sampling config asks for."

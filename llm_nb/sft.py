@@ -6,19 +6,21 @@ Docs: https://llm-nb.github.io/llm_nb/sft.html.md"""
 
 # %% ../nbs/06a_sft.ipynb #1bef2e13
 from __future__ import annotations
-import html, math, random, warnings
+import html, warnings
 from functools import partial
 from pathlib import Path
 import torch
 from .config import DataConfig
-from .data import DataError, epoch_loader, _read_json, _read_jsonl
-from .loop import LMTask
+from .data import DataError, epoch_loader, read_records, split_examples
+from fastcore.basics import patch
+from .config import Config, check_sampling_applies
+from .tasks import LMTask, TaskData, task_data, loader_kw, row_length
 
 # %% auto #0
 __all__ = ['IM_START', 'IM_END', 'CHATML', 'ensure_chat_template', 'stop_token_ids', 'prepare_model_for_chat', 'row_format',
-           'to_example', 'assistant_spans', 'encode_chat', 'encode_text', 'show_mask', 'read_records', 'read_sft',
-           'split_examples', 'sft_splits', 'encode_examples', 'wants_sft', 'example_texts', 'pack_examples',
-           'pack_documents', 'collate_sft', 'SFTTask', 'sft_datasets', 'sft_dataloader']
+           'chat_messages', 'to_example', 'assistant_spans', 'encode_chat', 'encode_text', 'show_mask', 'read_sft',
+           'sft_splits', 'encode_examples', 'wants_sft', 'example_texts', 'pack_examples', 'collate_sft', 'SFTTask',
+           'sft_datasets', 'sft_dataloader']
 
 # %% ../nbs/06a_sft.ipynb #be72d9ae
 IM_START, IM_END = '<|im_start|>', '<|im_end|>'
@@ -35,6 +37,7 @@ def ensure_chat_template(tok):
     if tok.pad_token is None: tok.pad_token = old_eos or IM_END
     return tok
 
+# %% ../nbs/06a_sft.ipynb #d9191b21
 def stop_token_ids(tok) -> list:
     "Token ids that end an assistant turn: EOS, plus `<|im_end|>`/`<|endoftext|>`/`<|eot_id|>` when the vocabulary has them."
     ids = [tok.eos_token_id]
@@ -66,7 +69,9 @@ def row_format(row:dict, where='record') -> str:
     raise DataError(f"{where}: not an SFT example: need `messages` (chat), `instruction`+`output` (instruction) "
                     f"or `prompt`+`completion`; keys are {sorted(row)}")
 
-def _messages(msgs, where):
+# %% ../nbs/06a_sft.ipynb #a5fcfc99
+def chat_messages(msgs, where:str='record') -> list:
+    "`msgs` as `{role, content}` dicts (ShareGPT's `from`/`value` too), checked: known roles, string contents, an assistant turn to train on."
     out = []
     for j, m in enumerate(msgs):
         if not isinstance(m, dict): raise DataError(f"{where}, message {j}: expected an object with role and content")
@@ -79,6 +84,7 @@ def _messages(msgs, where):
     if out[0]['role'] == 'assistant': raise DataError(f"{where}: the conversation starts with the assistant; nothing prompts it")
     return out
 
+# %% ../nbs/06a_sft.ipynb #ff2b3a0c
 def to_example(row:dict, fmt:str='auto', where='record'):
     "Normalise `row` to `('chat', messages)` or `('text', (prompt, completion))`, checking it against `fmt`."
     kind = row_format(row, where)
@@ -86,20 +92,21 @@ def to_example(row:dict, fmt:str='auto', where='record'):
                'instruction': ('instruction', 'prompt_completion')}
     if fmt not in allowed: raise DataError(f"data.format={fmt!r} cannot be used for SFT; use auto, chat or instruction")
     if kind not in allowed[fmt]: raise DataError(f"{where}: a {kind} row, but data.format={fmt!r}")
-    if kind == 'chat': return 'chat', _messages(row.get('messages', row.get('conversations')), where)
+    if kind == 'chat': return 'chat', chat_messages(row.get('messages', row.get('conversations')), where)
     if kind == 'instruction':
         ins, inp, out = row['instruction'], row.get('input') or '', row['output']
         if not all(isinstance(s, str) for s in (ins, inp, out)): raise DataError(f"{where}: instruction, input and output must be strings")
         msgs = ([dict(role='system', content=row['system'])] if row.get('system') else [])
         return 'chat', msgs + [dict(role='user', content=f"{ins}\n\n{inp}" if inp else ins), dict(role='assistant', content=out)]
     p, c = row['prompt'], row['completion']
-    if isinstance(p, list) and isinstance(c, list): return 'chat', _messages(p + c, where)
+    if isinstance(p, list) and isinstance(c, list): return 'chat', chat_messages(p + c, where)
     if isinstance(p, str) and isinstance(c, str): return 'text', (p, c)
     raise DataError(f"{where}: prompt and completion must both be strings or both be message lists")
 
 # %% ../nbs/06a_sft.ipynb #316d1319
 def _render(tok, msgs, gen=False): return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
+# %% ../nbs/06a_sft.ipynb #41e45afc
 def assistant_spans(tok, messages) -> tuple:
     "The rendered conversation and the character spans of its assistant turns (content + end-of-turn)."
     text, spans = _render(tok, messages), []
@@ -112,6 +119,7 @@ def assistant_spans(tok, messages) -> tuple:
         spans.append((len(p), len(q.rstrip())))
     return text, spans
 
+# %% ../nbs/06a_sft.ipynb #35d89c7e
 def encode_chat(tok, messages, max_length:int|None=None) -> dict:
     "`input_ids` and `labels` (-100 outside assistant turns) for one conversation."
     if not getattr(tok, 'is_fast', False): raise TypeError("SFT masking needs a fast tokenizer (character offsets)")
@@ -125,12 +133,14 @@ def encode_chat(tok, messages, max_length:int|None=None) -> dict:
     if trained and trained[-1] not in stops: ids, labels = ids + [tok.eos_token_id], labels + [tok.eos_token_id]
     return _truncate(ids, labels, max_length)
 
+# %% ../nbs/06a_sft.ipynb #e6e0055f
 def encode_text(tok, prompt:str, completion:str, max_length:int|None=None) -> dict:
     "Plain prompt/completion: `prompt + completion + EOS`, trained on the completion and EOS."
     p = tok(prompt, add_special_tokens=False, verbose=False)['input_ids']
     c = tok(completion, add_special_tokens=False, verbose=False)['input_ids'] + [tok.eos_token_id]
     return _truncate(p + c, [-100] * len(p) + c, max_length)
 
+# %% ../nbs/06a_sft.ipynb #160c35d0
 def _truncate(ids, labels, max_length):
     if max_length: ids, labels = ids[:max_length], labels[:max_length]
     return dict(input_ids=ids, labels=labels)
@@ -150,38 +160,19 @@ def show_mask(ex:dict, tok, html_out:bool=False):
                                   for on, s in out) + '</pre>')
 
 # %% ../nbs/06a_sft.ipynb #144187e8
-def read_records(path, what:str='SFT data') -> list:
-    "The records of a .json or .jsonl file of `what`; errors name the file."
-    path = Path(path)
-    if not path.exists(): raise DataError(f"data file not found: {path}")
-    if path.suffix == '.jsonl': return _read_jsonl(path)
-    if path.suffix == '.json': return _read_json(path)
-    raise DataError(f"{path}: {what} must be .json or .jsonl, got {path.suffix!r}")
-
 def read_sft(path, fmt:str='auto') -> list:
     "Normalised SFT examples from a .json/.jsonl file (see `to_example`)."
-    rows = read_records(path)
+    rows = read_records(path, 'SFT data')
     if not rows: raise DataError(f"{path}: no examples")
     return [to_example(r, fmt, f"{path}, record {i}") for i, r in enumerate(rows, 1)]
 
-def split_examples(cfg:DataConfig, read, seed:int=42, what:str='example') -> dict:
-    "Train/validation(/test) lists, `read(path)` for each file; without `eval_file`, a seeded `validation_split` of train."
-    train, out = read(cfg.train_file), {}
-    if cfg.eval_file: out['validation'] = read(cfg.eval_file)
-    elif cfg.validation_split > 0:
-        if len(train) < 2: raise DataError(f"{cfg.train_file}: one {what} cannot be split; give data.eval_file")
-        idx = list(range(len(train))); random.Random(seed).shuffle(idx)
-        n_val = max(1, round(len(train) * cfg.validation_split))
-        out['validation'] = [train[i] for i in idx[:n_val]]
-        train = [train[i] for i in sorted(idx[n_val:])]
-    if cfg.test_file: out['test'] = read(cfg.test_file)
-    return dict(train=train, **out)
-
+# %% ../nbs/06a_sft.ipynb #67cbd76a
 def sft_splits(cfg:DataConfig, seed:int=42) -> dict:
     "Train/validation(/test) lists of SFT examples as `cfg` describes."
     if not cfg.train_file: raise DataError("training_type=sft needs data.train_file (a .json or .jsonl of examples)")
     return split_examples(cfg, lambda p: read_sft(p, cfg.format), seed, 'example')
 
+# %% ../nbs/06a_sft.ipynb #b4346291
 def encode_examples(examples, tok, max_length:int) -> list:
     "Token ids and labels for normalised examples; drops (with a warning) those left with nothing to train."
     out = [encode_chat(tok, x, max_length) if kind == 'chat' else encode_text(tok, *x, max_length) for kind, x in examples]
@@ -198,10 +189,11 @@ def wants_sft(cfg:DataConfig) -> bool:
     if cfg.format != 'auto' or not cfg.train_file: return False
     p = Path(cfg.train_file)
     if p.suffix not in ('.json', '.jsonl') or not p.is_file(): return False
-    rows = _read_jsonl(p) if p.suffix == '.jsonl' else _read_json(p)
+    rows = read_records(p)
     try: return bool(rows) and row_format(rows[0]) in ('chat', 'instruction', 'prompt_completion')
     except DataError: return False
 
+# %% ../nbs/06a_sft.ipynb #8cad522a
 def example_texts(examples):
     "Every string of normalised SFT examples (e.g. to train a tokenizer on)."
     for kind, x in examples:
@@ -222,13 +214,6 @@ def pack_examples(examples, block_size:int) -> list:
         cur['position_ids'] += list(range(n))
     return rows
 
-def pack_documents(ids_per_doc, block_size:int, eos_id:int) -> list:
-    "Pretraining documents (+EOS), cut into chunks of at most `block_size`, packed with `pack_examples`."
-    chunks = []
-    for ids in ids_per_doc:
-        ids = [*ids, eos_id]
-        chunks += [dict(input_ids=ids[i:i + block_size], labels=ids[i:i + block_size]) for i in range(0, len(ids), block_size)]
-    return pack_examples(chunks, block_size)
 
 # %% ../nbs/06a_sft.ipynb #9e230e1c
 def collate_sft(rows, pad_id:int) -> dict:
@@ -247,6 +232,7 @@ def collate_sft(rows, pad_id:int) -> dict:
 # %% ../nbs/06a_sft.ipynb #a44c7253
 class SFTTask(LMTask):
     "Causal LM on SFT batches: labels already masked; packed rows pass `position_ids` (block-diagonal attention)."
+    unit, chat = 'rows', True
     def forward(self, model, batch):
         kw = dict(position_ids=batch['position_ids']) if 'position_ids' in batch else dict(attention_mask=batch.get('attention_mask'))
         return model(input_ids=batch['input_ids'], use_cache=False, **kw).logits
@@ -257,6 +243,27 @@ def sft_datasets(splits:dict, tok, block_size:int, packing:bool=True) -> dict:
     enc = {k: encode_examples(v, tok, block_size) for k, v in splits.items()}
     return {k: pack_examples(v, block_size) if packing else v for k, v in enc.items()}
 
+# %% ../nbs/06a_sft.ipynb #0fe7ff86
 def sft_dataloader(rows, batch_size:int, pad_id:int, train:bool=True, seed:int=0, rank:int=0, world_size:int=1, **loader_kw):
     "A `DataLoader` over SFT rows with an `EpochSampler` (shuffled for training); `loader_kw` go to `epoch_loader` (workers, pinning)."
     return epoch_loader(rows, batch_size, partial(collate_sft, pad_id=pad_id), train, seed, rank, world_size, what='rows', **loader_kw)
+
+# %% ../nbs/06a_sft.ipynb #84694c5a
+@patch(cls_method=True)
+def read_splits(cls:SFTTask, cfg:Config) -> dict: return sft_splits(cfg.data, cfg.seed)
+
+# %% ../nbs/06a_sft.ipynb #51555905
+@patch(cls_method=True)
+def texts(cls:SFTTask, examples): return example_texts(examples)
+
+# %% ../nbs/06a_sft.ipynb #47ba9f99
+@patch(cls_method=True)
+def prepare(cls:SFTTask, cfg:Config, splits:dict, tok, model, acc) -> TaskData:
+    "Encoded (and packed) examples, their loaders and the steps they make (a token budget counts the mean row length)."
+    check_sampling_applies(cfg, 'SFT examples')   # load_config knows only training_type=sft; a LoRA run learns it from the data
+    t, block = cfg.training, row_length(model, cfg.model.max_length)
+    rows = sft_datasets(splits, tok, block, cfg.data.packing)
+    make = lambda r, bs, train: sft_dataloader(r, bs, tok.pad_token_id, train=train, seed=cfg.seed, rank=acc.process_index,
+                                               world_size=acc.num_processes, **loader_kw(t))
+    row_tokens = sum(len(r['input_ids']) for r in rows['train']) / max(1, len(rows['train']))
+    return task_data(cls(), t, rows, make, block, acc.num_processes, tokens_per_row=row_tokens)

@@ -6,19 +6,22 @@ Docs: https://llm-nb.github.io/llm_nb/techniques.html.md"""
 
 # %% ../nbs/05a_techniques.ipynb #e550a368
 from __future__ import annotations
-import json, math, re, time, warnings
+import json, re, warnings
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .config import TrainingConfig, greater_is_better
 from .model import context_length, fit_to_context
-from .loop import Callback, CancelFit, LMTask, Learner, NaNGuardCB, token_losses, param_groups
+from .loop import NaNGuardCB, param_groups, make_optimizer
+from .callback import Callback, CancelFit
+from .tasks import Task, LMTask
+from .losses import token_losses
 
 # %% auto #0
 __all__ = ['EMACB', 'symmetric_kl', 'RDropTask', 'layer_depth', 'llrd_param_groups', 'OffloadAdamW', 'build_optimizer',
-           'enable_gradient_checkpointing', 'eval_metric', 'EarlyStoppingCB', 'backbone', 'supcon_loss', 'AuxLossCB',
-           'CodeContrastiveCB', 'SampleGenerationCB', 'technique_task', 'technique_callbacks']
+           'eval_metric', 'EarlyStoppingCB', 'backbone', 'supcon_loss', 'AuxLossCB', 'CodeContrastiveCB',
+           'SampleGenerationCB', 'technique_task', 'technique_callbacks']
 
 # %% ../nbs/05a_techniques.ipynb #ad223b13
 class EMACB(Callback):
@@ -112,25 +115,29 @@ def symmetric_kl(logits1, logits2, labels) -> torch.Tensor:
     kl = 0.5 * ((lp1.exp() - lp2.exp()) * (lp1 - lp2)).sum(-1)   # = ½ Σ p₁(log p₁ − log p₂) + p₂(log p₂ − log p₁)
     return kl * (labels[:, 1:] != -100)
 
-class RDropTask:
-    "Wrap a task: two dropout passes, mean cross-entropy + `alpha` · symmetric KL; logs `kl`."
+# %% ../nbs/05a_techniques.ipynb #5107464f
+class RDropTask(Task):
+    "Wrap a task: two dropout passes, mean cross-entropy + `alpha` · symmetric KL; logs `kl`. Evaluation is the wrapped task's."
     def __init__(self, task=None, alpha:float=0.05):
         if alpha < 0: raise ValueError(f"training.rdrop_alpha={alpha}: must be >= 0")
         self.task, self.alpha, self.step_metrics = task or LMTask(), alpha, {}
-    def n_tokens(self, batch): return self.task.n_tokens(batch)
+        self.unit, self.headline = self.task.unit, self.task.headline
+    def loss_denominator(self, batch): return self.task.loss_denominator(batch)
+    def n_samples(self, batch): return self.task.n_samples(batch)
     def forward(self, model, batch): return self.task.forward(model, batch)
     def eval_sums(self, model, batch): return self.task.eval_sums(model, batch)
-    def loss(self, model, batch, n_tokens):
+    def eval_metrics(self, sums, prefix='eval_'): return self.task.eval_metrics(sums, prefix)
+    def loss(self, model, batch, denominator):
         B = len(batch['input_ids'])
         twice = {k: torch.cat([v, v]) if torch.is_tensor(v) and v.ndim and len(v) == B else v for k, v in batch.items()}
         logits = self.task.forward(model, twice)
         l1, l2, labels = logits[:B], logits[B:], batch['labels']
         ls = getattr(self.task, 'label_smoothing', 0.0)
         ce = (token_losses(l1, labels, ls) + token_losses(l2, labels, ls)) / 2
-        kl = symmetric_kl(l1, l2, labels).sum() / n_tokens
+        kl = symmetric_kl(l1, l2, labels).sum() / denominator
         self.sample_losses = ce.detach().sum(1) / (labels[:, 1:] != -100).sum(1).clamp(min=1)
         self.step_metrics = dict(kl=kl.detach())
-        return ce.sum() / n_tokens + self.alpha * kl
+        return ce.sum() / denominator + self.alpha * kl
 
 # %% ../nbs/05a_techniques.ipynb #37f350ae
 _BLOCK = re.compile(r'\.(?:h|layers|layer|blocks|block)\.(\d+)\.')
@@ -143,6 +150,7 @@ def layer_depth(name:str, n_blocks:int) -> int:
     if any(f'.{e}.' in f'.{name}.' for e in _EMBED): return 0
     return n_blocks + 1
 
+# %% ../nbs/05a_techniques.ipynb #683a2fa1
 def llrd_param_groups(model, lr:float, factor:float, weight_decay:float) -> list:
     "AdamW groups per depth (and decay / no decay) with `lr = lr·factor^(L−1−depth)`."
     if not 0 < factor <= 1: raise ValueError(f"training.llrd_factor={factor}: must be in (0, 1]")
@@ -220,19 +228,8 @@ def build_optimizer(model, cfg:TrainingConfig):
     if cfg.use_llrd and not ablate: groups = llrd_param_groups(model, cfg.learning_rate, cfg.llrd_factor, cfg.weight_decay)
     else: groups = param_groups(model, cfg.weight_decay)
     for g in groups: g.pop('names', None); g.pop('depth', None)
-    kw = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    if cfg.use_cpu_offload and not ablate: return OffloadAdamW(groups, cfg.cpu_offload_fraction, **kw)
-    fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(groups, fused=fused or None, foreach=None if fused else True, **kw)
-
-# %% ../nbs/05a_techniques.ipynb #be5fbb07
-def enable_gradient_checkpointing(model):
-    "HF gradient checkpointing, non-reentrant (RNG replayed; works with frozen inputs, e.g. LoRA)."
-    kw = {'use_reentrant': False}
-    if hasattr(model, 'activation_checkpointing_enable'): model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-    else: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)  # transformers < 5.2x
-    if hasattr(model.config, 'use_cache'): model.config.use_cache = False
-    return model
+    if not (cfg.use_cpu_offload and not ablate): return make_optimizer(model, cfg, groups)
+    return OffloadAdamW(groups, cfg.cpu_offload_fraction, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
 
 # %% ../nbs/05a_techniques.ipynb #eee4e7be
 def eval_metric(learn, metric:str, skipped:str):
@@ -242,6 +239,7 @@ def eval_metric(learn, metric:str, skipped:str):
                                 f"{', '.join(sorted(learn.metrics))}): {skipped}. A side task that computes it failed, or none does.")
     return v
 
+# %% ../nbs/05a_techniques.ipynb #d10b699c
 class EarlyStoppingCB(Callback):
     "Stop after `patience` evaluations without an improvement of `metric` larger than `threshold`."
     order = 220
@@ -272,6 +270,7 @@ def backbone(model):
     if hasattr(model, 'get_base_model'): model = model.get_base_model()
     return model.base_model
 
+# %% ../nbs/05a_techniques.ipynb #8e087d2a
 def supcon_loss(z, labels, temperature:float=0.1) -> torch.Tensor:
     "Supervised contrastive loss of embeddings `z` `[B, D]` with integer `labels` `[B]`; anchors without a positive are skipped."
     z = F.normalize(z.float(), dim=-1)
@@ -283,6 +282,7 @@ def supcon_loss(z, labels, temperature:float=0.1) -> torch.Tensor:
     if not has.any(): return z.sum() * 0.0
     return (-logp.masked_fill(~pos, 0.0).sum(1) / pos.sum(1).clamp(min=1))[has].mean()
 
+# %% ../nbs/05a_techniques.ipynb #679f6630
 class AuxLossCB(Callback):
     "Add `weight` × `aux_loss(learn)` to every micro-batch loss and log the term as `name`. Subclass and override `aux_loss`."
     order, needs, hint = 20, (), ''   # `needs`: the batch keys `aux_loss` reads, checked before the first step
@@ -303,6 +303,7 @@ class AuxLossCB(Callback):
         learn.micro_loss = learn.micro_loss + self.weight * share
         learn.step_metric(**{self.name: share})
 
+# %% ../nbs/05a_techniques.ipynb #ba8d95f1
 class CodeContrastiveCB(AuxLossCB):
     "Seed 000's code/prose contrastive term on mean-pooled last hidden states; labels from `batch[key]`."
     hint = " (per-sample domain labels: training.aux_contrastive_weight > 0 needs data.domain_field, the column naming each sample's domain)"
@@ -377,6 +378,7 @@ def technique_task(cfg:TrainingConfig, task=None):
     if cfg.label_smoothing: task.label_smoothing = cfg.label_smoothing
     return RDropTask(task, cfg.rdrop_alpha) if cfg.use_rdrop else task
 
+# %% ../nbs/05a_techniques.ipynb #fa1f9a76
 def technique_callbacks(cfg:TrainingConfig, tok=None, output_dir=None) -> list:
     "The NaN guard plus the callbacks that `cfg` switches on (EMA, early stopping, sample generation, contrastive loss)."
     cbs = [NaNGuardCB()]

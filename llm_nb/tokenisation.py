@@ -6,7 +6,7 @@ Docs: https://llm-nb.github.io/llm_nb/tokenisation.html.md"""
 
 # %% ../nbs/01_tokenisation.ipynb #42443f00
 from __future__ import annotations
-import importlib.util, os
+import importlib.util
 from pathlib import Path
 from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerFast

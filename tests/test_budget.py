@@ -3,7 +3,7 @@ import json, math
 import pytest
 from llm_nb.cli import main, train
 from llm_nb.config import load_config
-from llm_nb.loop import NO_STEP_LIMIT
+from llm_nb.tasks import NO_STEP_LIMIT
 from helpers import tiny_corpus, tiny_overrides
 
 @pytest.fixture(scope='module')

@@ -58,7 +58,7 @@ def ours(tok, policy, pairs, task):
     rows = encode_pairs(tok, pref_examples(pairs), max_length=None, max_prompt_length=None)
     b = collate_dpo(rows, tok.pad_token_id)
     policy.eval()
-    with torch.no_grad(): loss = task.loss(policy, b, task.n_tokens(b)).item()
+    with torch.no_grad(): loss = task.loss(policy, b, task.loss_denominator(b)).item()
     return loss, dpo_metrics(task.train_sums), rows
 
 def check_close(trl, loss, m, tol=1e-5):
@@ -128,8 +128,8 @@ def test_precompute_cache(tok, tmp_path):
     assert len(files) == 1
     b_pre, b = collate_dpo(cached, tok.pad_token_id), collate_dpo(rows, tok.pad_token_id)
     t = DPOTask(0.1)
-    l_pre = t.loss(policy, b_pre, t.n_tokens(b_pre)).item()
-    l_copy = DPOTask(0.1, ref_model=ref).loss(policy, b, t.n_tokens(b)).item()
+    l_pre = t.loss(policy, b_pre, t.loss_denominator(b_pre)).item()
+    l_copy = DPOTask(0.1, ref_model=ref).loss(policy, b, t.loss_denominator(b)).item()
     assert abs(l_pre - l_copy) < 1e-6
     no_forward = frozen_copy(ref)
     no_forward.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError('the cache was not used'))
@@ -146,11 +146,11 @@ def test_reference_free_and_missing_reference(tok):
     policy = tiny(tok, 1)
     b = collate_dpo(encode_pairs(tok, pref_examples(pairs), None, None), tok.pad_token_id)
     t = DPOTask(0.2, reference_free=True)
-    loss = t.loss(policy, b, t.n_tokens(b))
+    loss = t.loss(policy, b, t.loss_denominator(b))
     lp, _ = completion_logps(policy, b)
     c, r = lp.detach().chunk(2)
     assert torch.allclose(loss, -F.logsigmoid(0.2 * (c - r)).mean(), atol=1e-6)
-    with pytest.raises(ValueError, match='DPO needs a reference'): DPOTask(0.1).loss(policy, b, t.n_tokens(b))
+    with pytest.raises(ValueError, match='DPO needs a reference'): DPOTask(0.1).loss(policy, b, t.loss_denominator(b))
 
 def test_cdpo_and_robust_closed_form():
     c, r = torch.tensor([-3., -6., -1.]), torch.tensor([-4., -2., -1.5])
@@ -303,7 +303,7 @@ def test_training_label_smoothing_never_reaches_the_dpo_loss(tmp_path, base_dir)
     with torch.no_grad():   # move the policy off its reference (a frozen copy), so that cDPO's flipped term would show
         for p in policy.parameters(): p.add_(0.05 * torch.randn(p.shape, generator=g))
     b = next(iter(learn.train_dl))
-    loss = learn.task.loss(policy, b, learn.task.n_tokens(b)).item()
+    loss = learn.task.loss(policy, b, learn.task.loss_denominator(b)).item()
     (c, r), (rc, rr) = completion_logps(policy, b)[0].detach().chunk(2), completion_logps(ref, b)[0].detach().chunk(2)
     z = 0.5 * ((c - rc) - (r - rr))
     plain, cdpo = -F.logsigmoid(z).mean().item(), (-0.7 * F.logsigmoid(z) - 0.3 * F.logsigmoid(-z)).mean().item()

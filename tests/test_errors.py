@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch
 from llm_nb.cli import main, train
 from llm_nb.config import load_config
-from llm_nb.loop import Learner, LMTask, TrainMetricsCB, NaNGuardCB
+from llm_nb.loop import Learner, TrainMetricsCB, NaNGuardCB
+from llm_nb.tasks import LMTask
 from llm_nb.checkpoint import CheckpointCB
 from helpers import tiny_corpus, tiny_overrides
 

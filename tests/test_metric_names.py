@@ -5,8 +5,9 @@ import pytest
 from llm_nb.config import (Config, LM_EVAL_METRICS, DPO_EVAL_METRICS, GENERATION_METRICS, BERTSCORE_METRICS, DOMAIN_METRICS,
                            eval_metrics, is_eval_metric, load_config)
 from llm_nb.dpo import dpo_metrics
-from llm_nb.metrics import domain_metrics, bleu_rouge
-from llm_nb.loop import Learner, LMTask
+from llm_nb.metrics import bleu_rouge
+from llm_nb.loop import Learner
+from llm_nb.tasks import LMTask
 
 def test_dpo_names():
     sums = dict(pairs=2, rewards_chosen=1., rewards_rejected=0., correct=1, logps_chosen=-3., logps_rejected=-4., loss=1.,
@@ -14,8 +15,10 @@ def test_dpo_names():
     assert set(dpo_metrics(sums, 'eval_')) <= set(DPO_EVAL_METRICS)
 
 def test_domain_and_generation_names():
-    m = domain_metrics(torch.tensor([2., 3.]), torch.tensor([1., 1.]), torch.tensor([2., 2.]), ['code', 'prose'])
-    assert m and all(is_eval_metric(k, DOMAIN_METRICS) for k in m)
+    sums = dict(loss=torch.tensor(5.), correct=torch.tensor(2.), n=torch.tensor(4.), domain_loss=torch.tensor([2., 3.]),
+                domain_correct=torch.tensor([1., 1.]), domain_n=torch.tensor([2., 2.]))
+    m = {k: v for k, v in LMTask(domains=['code', 'prose']).eval_metrics(sums).items() if k not in LM_EVAL_METRICS}
+    assert len(m) == 6 and all(is_eval_metric(k, DOMAIN_METRICS) for k in m)
     assert {f'eval_{k}' for k in bleu_rouge(['a b c d'], ['a b c d'])} == set(GENERATION_METRICS)
 
 def test_lm_validation_names():

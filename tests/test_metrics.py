@@ -1,19 +1,19 @@
 "Metrics, loggers, plots and alerts (`llm_nb.metrics`): each against a reference computed another way."
-import glob, logging, math, os, sys, types
+import glob, logging, sys, types
 from pathlib import Path
 import pytest, torch
 from transformers import GPT2Config, GPT2LMHeadModel
-from llm_nb.loop import Learner, ClipGradCB, TrainMetricsCB, EvalCB, HistoryCB, JsonlCB
+from llm_nb.loop import Learner, ClipGradCB, TrainMetricsCB, EvalCB, HistoryCB
 from llm_nb.model import flops_per_token
-from llm_nb.metrics import (MFUCB, PlotsCB, DomainEvalCB, AlertsCB, WandbCB, per_domain_eval, plot_metrics, bleu_rouge,
+from llm_nb.metrics import (MFUCB, PlotsCB, AlertsCB, WandbCB, plot_metrics, bleu_rouge,
                             generate_batch, table_peak, peak_flops, check_thresholds)
 from llm_nb.config import ConfigError
+from llm_nb.tasks import LMTask
+from llm_nb.testing import tiny_gpt2
 
 V, T = 64, 16
 
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0, eos_token_id=0))
+def tiny_model(seed=0): return tiny_gpt2(V, n_positions=T, dropout=0.1, seed=seed)   # GPT-2's own dropout
 
 def rows(n, seed=0, domains=3, pad_last=True):
     g = torch.Generator().manual_seed(seed)
@@ -27,9 +27,9 @@ def rows(n, seed=0, domains=3, pad_last=True):
 
 def dl(rs, bs=4, shuffle=False): return torch.utils.data.DataLoader(rs, batch_size=bs, shuffle=shuffle)
 
-def learner(cbs, n=16, steps=4, valid=None, model=None):
+def learner(cbs, n=16, steps=4, valid=None, model=None, task=None):
     model = model or tiny_model()
-    return Learner(model, dl(rows(n)), valid, opt=torch.optim.AdamW(model.parameters(), lr=1e-3), max_steps=steps,
+    return Learner(model, dl(rows(n)), valid, task, opt=torch.optim.AdamW(model.parameters(), lr=1e-3), max_steps=steps,
                    mixed_precision='no', cbs=cbs)
 
 # --- MFU -------------------------------------------------------------------------------------------------------------
@@ -55,7 +55,8 @@ def test_peak_table_and_cpu_measurement():
 def test_domain_eval_matches_evaluating_each_domain_alone():
     vrows = rows(24, seed=5)
     model = tiny_model(1)
-    learn = learner([DomainEvalCB(['web', 'code', 'books'])], valid=dl(vrows, 5), model=model)
+    task = LMTask(domains=['web', 'code', 'books'])
+    learn = learner([], valid=dl(vrows, 5), model=model, task=task)
     m = learn.validate()
     plain = Learner(model, None, dl(vrows, 5), mixed_precision='no').validate()
     for k in ('eval_loss', 'eval_perplexity', 'eval_token_accuracy'): assert m[k] == pytest.approx(plain[k], rel=1e-6)
@@ -64,20 +65,20 @@ def test_domain_eval_matches_evaluating_each_domain_alone():
         assert m[f'eval_{name}_loss'] == pytest.approx(ref['eval_loss'], rel=1e-5)
         assert m[f'eval_{name}_perplexity'] == pytest.approx(ref['eval_perplexity'], rel=1e-5)
         assert m[f'eval_{name}_token_accuracy'] == pytest.approx(ref['eval_token_accuracy'], rel=1e-6)
-    assert learn.task.__class__.__name__ == 'LMTask'   # unwrapped after validation
-    # the standalone function gives the same numbers
-    f = per_domain_eval(model, dl(vrows, 7), ['web', 'code', 'books'])
+    assert learn.task is task   # nothing swapped the run's task
+    # batches of another size give the same numbers: the sums are per row
+    f = learner([], valid=dl(vrows, 7), model=model, task=LMTask(domains=['web', 'code', 'books'])).validate()
     for k, v in m.items(): assert f[k] == pytest.approx(v, rel=1e-5), k
 
 def test_domain_eval_logged_by_evalcb_and_absent_without_domains():
-    learn = learner([EvalCB(2), DomainEvalCB(['a', 'b', 'c'])], valid=dl(rows(8, seed=2))).fit()
+    learn = learner([EvalCB(2)], valid=dl(rows(8, seed=2)), task=LMTask(domains=['a', 'b', 'c'])).fit()
     assert all(f'eval_{d}_loss' in learn.history[-1] for d in 'abc')
     no_dom = [{k: v for k, v in r.items() if k != 'domain'} for r in rows(8)]
-    m = learner([DomainEvalCB(['a'])], valid=dl(no_dom)).validate()
+    m = learner([], valid=dl(no_dom), task=LMTask(domains=['a'])).validate()
     assert sorted(m) == ['eval_loss', 'eval_perplexity', 'eval_token_accuracy']
 
 def test_domain_id_without_a_name_is_a_clear_error():
-    with pytest.raises(ValueError, match='outside 0..1'): learner([DomainEvalCB(['a', 'b'])], valid=dl(rows(8))).validate()
+    with pytest.raises(ValueError, match='outside 0..1'): learner([], valid=dl(rows(8)), task=LMTask(domains=['a', 'b'])).validate()
 
 # --- generation metrics ----------------------------------------------------------------------------------------------
 def test_bleu_rouge_reference_values():
@@ -294,7 +295,7 @@ def test_generate_temperature_zero_is_greedy(saved_lm, capsys):
 def test_failed_generation_warns_and_best_model_skips_that_evaluation(tmp_path, monkeypatch):
     "A side task never stops training: with metric_for_best_model=eval_bleu, an evaluation whose generation raised leaves best/ alone."
     import sacrebleu, warnings
-    from llm_nb.loop import Callback
+    from llm_nb.callback import Callback
     from llm_nb.checkpoint import BestModelCB
     preds, refs = ['the cat sat on the mat', 'a dog ran'], ['the cat sat on the mat', 'a dog ran far away']
     outcomes = [RuntimeError('CUDA out of memory'), preds]   # the first evaluation's generation fails, the second's works

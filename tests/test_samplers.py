@@ -6,7 +6,8 @@ from llm_nb.config import ConfigError, DataConfig, SamplingConfig, load_config
 from llm_nb.data import Blocks, DataError, lm_datasets, lm_dataloader
 from llm_nb.samplers import (CurriculumSchedule, DynamicCurriculumCB, DynamicCurriculumTracker, LengthCurriculumCB, TrainSampler,
                              block_fields, check_sampling, curriculum_length, domain_quotas, quality_weights, shard, train_sampler)
-from llm_nb.loop import Learner, LMTask
+from llm_nb.loop import Learner
+from llm_nb.tasks import LMTask
 from llm_nb.checkpoint import save_checkpoint, load_checkpoint
 
 # ---------------------------------------------------------------- per-block metadata (02_data)
@@ -276,7 +277,8 @@ sys.path.insert(0, sys.argv[2])
 from test_samplers import _blocks, _tiny_model, _Probe
 from llm_nb.samplers import TrainSampler, DynamicCurriculumTracker, DynamicCurriculumCB
 from llm_nb.data import lm_dataloader
-from llm_nb.loop import Learner, LMTask
+from llm_nb.loop import Learner
+from llm_nb.tasks import LMTask
 acc = Accelerator(cpu=True)
 blocks = _blocks(16, 16, domains=[0, 1] * 8)
 tr = DynamicCurriculumTracker(16)

@@ -7,9 +7,9 @@ from llm_nb.config import DataConfig
 from llm_nb.data import DataError
 from llm_nb.tokenisation import gpt2_tokenizer, train_tokenizer
 from llm_nb.sft import (CHATML, IM_END, ensure_chat_template, stop_token_ids, prepare_model_for_chat, to_example, encode_chat,
-                        encode_text, encode_examples, show_mask, read_sft, sft_splits, wants_sft, pack_examples, pack_documents,
+                        encode_text, encode_examples, read_sft, sft_splits, wants_sft, pack_examples,
                         collate_sft, SFTTask, sft_datasets, sft_dataloader)
-from llm_nb.loop import causal_lm_loss
+from llm_nb.losses import causal_lm_loss
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
 
@@ -49,15 +49,6 @@ def test_chatml_added_and_saved(tok, tmp_path):
     assert t2.apply_chat_template(CHAT, tokenize=False) == tok.apply_chat_template(CHAT, tokenize=False)
     own = ensure_chat_template(t2)  # a template already there is kept
     assert own.chat_template == CHATML and len(own) == len(tok)
-
-def test_chat_mask_exact(tok):
-    ex = encode_chat(tok, CHAT)
-    ids, mask = reference_mask(tok, CHAT)
-    assert ex['input_ids'] == ids
-    assert [int(l != -100) for l in ex['labels']] == mask
-    assert trained_pieces(tok, ex) == ['Blue.<|im_end|>', ' Apple, of course!\n<|im_end|>']
-    end = tok.convert_tokens_to_ids(IM_END)
-    assert ex['input_ids'][-2:] == [end, tok.convert_tokens_to_ids('Ċ')] and ex['labels'][-2:] == [end, -100]  # <|im_end|> trained, '\n' not
 
 def test_instruction_mask_exact(tok):
     row = {'instruction': 'Translate to French.', 'input': 'cat', 'output': 'chat', 'system': 'Be exact.'}
@@ -169,7 +160,7 @@ def test_packed_logits_and_loss_equal_unpacked(arch):
         total = causal_lm_loss(packed, batch['labels'], 1)
         ref = sum(causal_lm_loss(a[None], torch.tensor([e['labels']]), 1) for a, e in zip(alone, exs))
         torch.testing.assert_close(total, ref, atol=1e-4, rtol=1e-5)
-        assert task.n_tokens(batch) == sum(sum(l != -100 for l in e['labels'][1:]) for e in exs)
+        assert task.loss_denominator(batch) == sum(sum(l != -100 for l in e['labels'][1:]) for e in exs)
 
 def test_packed_gradients_equal_unpacked(tok):
     "One training-mode step: the gradient of a packed batch equals that of the same examples padded."
@@ -179,7 +170,7 @@ def test_packed_gradients_equal_unpacked(tok):
         m = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
                                                         resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).train()
         b, t = collate_sft(rows, tok.pad_token_id), SFTTask()
-        t.loss(m, b, t.n_tokens(b)).backward()
+        t.loss(m, b, t.loss_denominator(b)).backward()
         return torch.cat([p.grad.flatten() for p in m.parameters()])
     rows = pack_examples(exs, 64)
     assert len(rows) < len(exs)
@@ -194,10 +185,7 @@ def _offsets(rows, exs):
             e = next(it); out.append((i, s)); s += len(e['input_ids'])
     return out
 
-def test_pack_documents_for_pretraining():
-    rows = pack_documents([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10]], block_size=5, eos_id=0)
-    assert rows[0] == dict(input_ids=[1, 2, 3, 0], labels=[-100, 2, 3, 0], position_ids=[0, 1, 2, 3])
-    assert [r['input_ids'] for r in rows[1:]] == [[4, 5, 6, 7, 8], [9, 10, 0]]
+def test_pack_examples_refuses_a_too_long_example():
     with pytest.raises(ValueError, match='does not fit'): pack_examples([dict(input_ids=[1] * 6, labels=[1] * 6)], 5)
 
 @pytest.mark.parametrize('packing', [True, False])

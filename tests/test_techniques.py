@@ -3,55 +3,25 @@ import dataclasses, json, math, re, time, warnings
 from types import SimpleNamespace
 import pytest, torch, torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from llm_nb.config import TrainingConfig
-from llm_nb.loop import (Learner, LMTask, TrainState, CancelFit, Callback, ClipGradCB, NaNGuardCB, TrainMetricsCB, TimeBudgetCB,
-                         ProgressCB, EvalCB, causal_lm_loss, n_targets, make_scheduler, param_groups, warmup_for)
+from llm_nb.loop import (Learner, TrainState, ClipGradCB, NaNGuardCB, TimeBudgetCB, budget_status, ProgressCB, EvalCB, make_scheduler, param_groups, warmup_for)
+from llm_nb.tasks import LMTask
+from llm_nb.callback import CancelFit, Callback
+from llm_nb.losses import causal_lm_loss, n_targets
 from llm_nb.techniques import (EMACB, RDropTask, EarlyStoppingCB, OffloadAdamW, SampleGenerationCB, CodeContrastiveCB,
-                               llrd_param_groups, build_optimizer, enable_gradient_checkpointing, supcon_loss,
+                               llrd_param_groups, build_optimizer, supcon_loss,
                                technique_callbacks, technique_task)
 from llm_nb.lr_find import lr_find
-
-def gpt2(dropout=0.0, n_layer=2, seed=0, vocab=64):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=vocab, n_positions=16,
-                                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout))
-
-def llama(seed=0):
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                        num_key_value_heads=2, vocab_size=64, max_position_embeddings=16))
-
-def rows(n=16, seed=0, **extra):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 64, (n, 16), generator=g)
-    return [dict(input_ids=r, labels=r.clone(), **{k: v[i] for k, v in extra.items()}) for i, r in enumerate(x)]
-
-def dl(n=16, bs=4, seed=0, **extra): return torch.utils.data.DataLoader(rows(n, seed, **extra), batch_size=bs)
+from llm_nb.model import enable_gradient_checkpointing
+from llm_nb.testing import tiny_gpt2, tiny_llama, tiny_rows, tiny_dl
 
 def flat(m): return torch.cat([p.detach().flatten() for p in m.parameters()])
 
 # ---------------------------------------------------------------- EMA
-def test_ema_closed_form_and_warmup():
-    lin, d = nn.Linear(4, 3), 0.95
-    stub = SimpleNamespace(raw_model=lin, state=TrainState(), train_dl=[0] * 5)
-    cb, seen = EMACB(decay=d, warmup_epochs=2), []
-    torch.manual_seed(0)
-    for step in range(17):
-        stub.state.step, stub.state.epoch, stub.state.batch_in_epoch = step, step // 5, step % 5
-        with torch.no_grad():
-            for p in lin.parameters(): p.copy_(torch.randn_like(p))
-        if step >= 10: seen.append(torch.cat([p.detach().flatten() for p in lin.parameters()]))
-        cb.after_step_opt(stub)
-    k = len(seen) - 1
-    ref = d**k * seen[0] + sum((1 - d) * d**(k - j) * seen[j] for j in range(1, k + 1))
-    assert cb.n_updates == 7
-    torch.testing.assert_close(torch.cat([s.flatten() for s in cb.shadow]), ref, rtol=0, atol=1e-6)
-
 def test_ema_eval_export_and_checkpoint_tensors(tmp_path):
-    m = gpt2()
+    m = tiny_gpt2()
     ema = EMACB(decay=0.7, start_step=1)
-    learn = Learner(m, dl(), dl(8, seed=1), opt=torch.optim.AdamW(m.parameters(), lr=1e-2), max_steps=5,
+    learn = Learner(m, tiny_dl(), tiny_dl(8, seed=1), opt=torch.optim.AdamW(m.parameters(), lr=1e-2), max_steps=5,
                     mixed_precision='no', cbs=[EvalCB(2), ema])
     learn.fit()
     for p, s in zip(m.parameters(), ema.shadow): assert torch.equal(p.detach(), s)   # export uses EMA weights
@@ -59,8 +29,8 @@ def test_ema_eval_export_and_checkpoint_tensors(tmp_path):
     assert any(not torch.equal(r, s) for r, s in zip(raw, ema.shadow))
     # evaluation at step 2 used the EMA weights of step 2 but training continued from the raw ones:
     # the raw weights are those of a run without EMA
-    m2 = gpt2()
-    Learner(m2, dl(), dl(8, seed=1), opt=torch.optim.AdamW(m2.parameters(), lr=1e-2), max_steps=5, mixed_precision='no',
+    m2 = tiny_gpt2()
+    Learner(m2, tiny_dl(), tiny_dl(8, seed=1), opt=torch.optim.AdamW(m2.parameters(), lr=1e-2), max_steps=5, mixed_precision='no',
             cbs=[EvalCB(2)]).fit()
     for r, p in zip(raw, m2.parameters()): torch.testing.assert_close(r, p.detach(), rtol=0, atol=1e-6)
     # shadow tensors round-trip through save_tensors / load_tensors
@@ -76,8 +46,8 @@ def test_ema_resumes_through_checkpoint(tmp_path):
     "4 steps, checkpoint, 3 more steps in a new Learner = 7 steps straight: same raw weights, same EMA weights."
     from llm_nb.checkpoint import save_checkpoint, load_checkpoint
     def make(steps):
-        m = gpt2(); e = EMACB(0.8, start_step=1)
-        same = torch.utils.data.DataLoader(rows(4) * 16, batch_size=4)   # every batch alike: the plain loader need not resume mid-epoch
+        m = tiny_gpt2(); e = EMACB(0.8, start_step=1)
+        same = torch.utils.data.DataLoader(tiny_rows(4) * 16, batch_size=4)   # every batch alike: the plain loader need not resume mid-epoch
         return Learner(m, same, opt=torch.optim.AdamW(m.parameters(), lr=1e-2), max_steps=steps, mixed_precision='no', cbs=[e]), e
     straight, e1 = make(7); straight.fit()
     first, _ = make(4); first.fit()   # after the fit the model holds the EMA weights;
@@ -90,8 +60,8 @@ def test_ema_resumes_through_checkpoint(tmp_path):
     assert e2.n_updates == e1.n_updates == 6
 
 def _fit(cbs, max_steps, accum=1):
-    m = gpt2()
-    learn = Learner(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=max_steps, grad_accum=accum, mixed_precision='no', cbs=cbs)
+    m = tiny_gpt2()
+    learn = Learner(m, tiny_dl(), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=max_steps, grad_accum=accum, mixed_precision='no', cbs=cbs)
     return learn.fit()
 
 class _StopAt:
@@ -117,43 +87,19 @@ def test_ema_warns_when_the_run_stops_before_its_warmup():
     assert learn.cb(EMACB).shadow is None
 
 def test_aux_loss_without_labels_is_refused_before_the_first_step():
-    m, calls = gpt2(), []
+    m, calls = tiny_gpt2(), []
     m.register_forward_hook(lambda *a: calls.append(1))
-    learn = Learner(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=0.1), max_steps=2, mixed_precision='no', cbs=[CodeContrastiveCB()])
+    learn = Learner(m, tiny_dl(), opt=torch.optim.SGD(m.parameters(), lr=0.1), max_steps=2, mixed_precision='no', cbs=[CodeContrastiveCB()])
     with pytest.raises(ValueError, match=r"needs batch key\(s\) \['domain'\] .*data.domain_field.*have \['input_ids', 'labels'\]"): learn.fit()
     assert learn.state.step == 0 and calls == []
 
 # ---------------------------------------------------------------- R-Drop and label smoothing
-def test_rdrop_kl_zero_without_dropout_and_reference_with_dropout():
-    b = next(iter(dl())); b['labels'][2, 7:] = -100
-    n = n_targets(b)
-    m0 = gpt2(0.0).train(); t = RDropTask(alpha=2.0)
-    torch.testing.assert_close(t.loss(m0, b, n), LMTask().loss(m0, b, n), rtol=0, atol=1e-5)
-    assert abs(float(t.step_metrics['kl'])) < 1e-6
-    m1 = gpt2(0.2).train(); t = RDropTask(alpha=0.3)
-    torch.manual_seed(7); loss = t.loss(m1, b, n)
-    assert float(t.step_metrics['kl']) > 1e-3
-    torch.manual_seed(7)
-    lg = m1(input_ids=torch.cat([b['input_ids']] * 2)).logits[:, :-1]
-    y, mask = b['labels'][:, 1:], b['labels'][:, 1:] != -100
-    p, q = lg[:4].log_softmax(-1), lg[4:].log_softmax(-1)
-    kl = 0.5 * ((p.exp() * (p - q)).sum(-1) + (q.exp() * (q - p)).sum(-1))
-    ce = 0.5 * (F.cross_entropy(lg[:4].transpose(1, 2), y, reduction='sum') + F.cross_entropy(lg[4:].transpose(1, 2), y, reduction='sum'))
-    torch.testing.assert_close(loss, (ce + 0.3 * (kl * mask).sum()) / n, rtol=1e-5, atol=1e-6)
-
-def test_rdrop_logs_kl():
-    m = gpt2(0.1)
-    learn = Learner(m, dl(), task=RDropTask(alpha=0.1), opt=torch.optim.AdamW(m.parameters(), lr=1e-3), max_steps=2,
-                    mixed_precision='no', cbs=[TrainMetricsCB(1)])
-    learn.fit()
-    assert all(r['kl'] > 0 for r in learn.history)
-
 def test_label_smoothing_matches_torch():
     logits, labels = torch.randn(3, 7, 13), torch.randint(0, 13, (3, 7))
     labels[0, 2:] = -100; labels[2, :4] = -100
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, 13), labels[:, 1:].reshape(-1), ignore_index=-100, label_smoothing=0.2)
     torch.testing.assert_close(causal_lm_loss(logits, labels, label_smoothing=0.2), ref, rtol=1e-6, atol=1e-6)
-    b = next(iter(dl())); m = gpt2()
+    b = next(iter(tiny_dl())); m = tiny_gpt2()
     with torch.no_grad():
         torch.testing.assert_close(LMTask(0.2).loss(m, b, n_targets(b)), causal_lm_loss(m(input_ids=b['input_ids']).logits, b['labels'], label_smoothing=0.2))
     with pytest.raises(ValueError, match='training.label_smoothing'): LMTask(-0.1)
@@ -166,14 +112,14 @@ def _lrs(model, base=2.0, f=0.5):
     return out
 
 def test_llrd_gpt2():
-    lr = _lrs(gpt2(n_layer=3))   # L = 3 blocks + embeddings + head = 5
+    lr = _lrs(tiny_gpt2(n_layer=3))   # L = 3 blocks + embeddings + head = 5
     assert lr['transformer.wte.weight'] == lr['transformer.wpe.weight'] == 2.0 * 0.5**4
     assert lr['transformer.h.0.mlp.c_proj.weight'] == 2.0 * 0.5**3
     assert lr['transformer.h.2.attn.c_attn.bias'] == 2.0 * 0.5
     assert lr['transformer.ln_f.bias'] == 2.0
 
 def test_llrd_llama():
-    lr = _lrs(llama())           # L = 4
+    lr = _lrs(tiny_llama())           # L = 4
     assert lr['model.embed_tokens.weight'] == 2.0 * 0.5**3
     assert lr['model.layers.0.self_attn.q_proj.weight'] == 2.0 * 0.5**2
     assert lr['model.layers.1.mlp.down_proj.weight'] == 2.0 * 0.5
@@ -181,7 +127,7 @@ def test_llrd_llama():
 
 def test_llrd_peft_lora():
     from peft import LoraConfig, get_peft_model
-    pm = get_peft_model(gpt2(n_layer=3), LoraConfig(r=4, target_modules=['c_attn'], fan_in_fan_out=True))
+    pm = get_peft_model(tiny_gpt2(n_layer=3), LoraConfig(r=4, target_modules=['c_attn'], fan_in_fan_out=True))
     lr = _lrs(pm)
     assert set(lr) == {n for n, p in pm.named_parameters() if p.requires_grad} and len(lr) == 6
     for n, v in lr.items():
@@ -191,7 +137,7 @@ def test_llrd_peft_lora():
     assert sorted({g['lr'] for g in o.param_groups}) == [0.25, 0.5, 1.0]   # no trainable head under LoRA
 
 def test_llrd_keeps_weight_decay_split_and_scheduler_ratios():
-    m = gpt2()
+    m = tiny_gpt2()
     o = build_optimizer(m, TrainingConfig(use_llrd=True, learning_rate=1.0, llrd_factor=0.5, weight_decay=0.1))
     for g in o.param_groups:
         for p in g['params']: assert g['weight_decay'] == (0.1 if p.ndim >= 2 and p is not m.transformer.wte.weight and p is not m.transformer.wpe.weight else 0.0)
@@ -279,10 +225,10 @@ def test_early_stopping_on_a_side_task_metric_that_fails():
             v = self.seq.pop(0)
             if v is None: raise RuntimeError('generation failed')
             learn.metrics['eval_bleu'] = v
-    m = gpt2()
+    m = tiny_gpt2()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        learn = Learner(m, dl(64), dl(4), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=50, mixed_precision='no',
+        learn = Learner(m, tiny_dl(64), tiny_dl(4), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=50, mixed_precision='no',
                         cbs=[EvalCB(2), Bleu(), EarlyStoppingCB(2, metric='eval_bleu')]).fit()
     assert (learn.error, learn.stop_reason, learn.state.step) == (None, 'early-stopping', 10)   # evals at 2 (best), 4, [6, 8 skipped], 10
     msgs = [str(x.message) for x in w]
@@ -295,8 +241,8 @@ def test_early_stopping_in_a_fit():
         def eval_sums(self, model, batch):
             Worse.calls += 1
             return dict(loss=torch.tensor(float(Worse.calls)), correct=torch.tensor(0), n=torch.tensor(1))
-    m = gpt2()
-    learn = Learner(m, dl(64), dl(4), task=Worse(), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=50, mixed_precision='no',
+    m = tiny_gpt2()
+    learn = Learner(m, tiny_dl(64), tiny_dl(4), task=Worse(), opt=torch.optim.SGD(m.parameters(), lr=0.0), max_steps=50, mixed_precision='no',
                     cbs=[EvalCB(2), EarlyStoppingCB(2)])
     learn.fit()
     assert learn.stop_reason == 'early-stopping' and learn.state.step == 6   # evals at 2 (best), 4, 6
@@ -305,16 +251,16 @@ def test_time_budget_in_seconds(tmp_path):
     from llm_nb.checkpoint import CheckpointCB
     class Slow(LMTask):
         def loss(self, model, batch, n): time.sleep(0.15); return super().loss(model, batch, n)
-    m = gpt2()
-    learn = Learner(m, dl(64, bs=1), task=Slow(), opt=torch.optim.SGD(m.parameters(), lr=0.01), max_steps=1000, mixed_precision='no',
+    m = tiny_gpt2()
+    learn = Learner(m, tiny_dl(64, bs=1), task=Slow(), opt=torch.optim.SGD(m.parameters(), lr=0.01), max_steps=1000, mixed_precision='no',
                     cbs=[TimeBudgetCB(hours=0.6 / 3600), CheckpointCB(tmp_path, save_steps=0, handle_signals=False)])
     learn.fit()
     assert learn.stop_reason == 'time-limit' and 1 <= learn.state.step < 100
     assert (tmp_path/'checkpoints'/'time-limit'/'model.safetensors').exists()
-    assert learn.cb(TimeBudgetCB).status(learn).endswith('Remaining: 0.00h')
+    assert learn.time_budget == 0.6 and budget_status(learn).endswith('Remaining: 0.00h')
     # the bar shows the budget (a long budget, so that steps certainly reach the bar's refresh)
-    m = gpt2(); pc = ProgressCB(refresh=1)
-    learn = Learner(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=0.01), max_steps=2, mixed_precision='no', cbs=[TimeBudgetCB(hours=2), pc])
+    m = tiny_gpt2(); pc = ProgressCB(refresh=1)
+    learn = Learner(m, tiny_dl(), opt=torch.optim.SGD(m.parameters(), lr=0.01), max_steps=2, mixed_precision='no', cbs=[TimeBudgetCB(hours=2), pc])
     learn.fit()
     assert re.search(r'Elapsed: 0\.00h \| Remaining: 2\.00h', str(pc.bar.postfix)), pc.bar.postfix
 
@@ -327,8 +273,8 @@ def _guarded_fit(bad_calls, factor=None, cbs=(), loader=None, steps=4, max_bad=3
             l = super().loss(model, batch, n)
             if Inject.calls in bad_calls: return l * factor if factor else l * float('nan')
             return l
-    m = gpt2()
-    learn = Learner(m, loader or dl(16, bs=4), task=Inject(), opt=torch.optim.SGD(m.parameters(), lr=0.5), max_steps=steps,
+    m = tiny_gpt2()
+    learn = Learner(m, loader or tiny_dl(16, bs=4), task=Inject(), opt=torch.optim.SGD(m.parameters(), lr=0.5), max_steps=steps,
                     mixed_precision='no', cbs=[ClipGradCB(0), *cbs])
     learn.fit()
     return learn
@@ -337,7 +283,7 @@ def test_nan_step_is_skipped_exactly():
     with pytest.warns(UserWarning, match='loss is nan at step 2: skipping this update'):
         a = _guarded_fit({2}, cbs=[NaNGuardCB()])
     # reference: a run that never sees batch 2 (SGD has no state, so skipping = removing that batch)
-    r = rows(16)
+    r = tiny_rows(16)
     ref = _guarded_fit(set(), loader=torch.utils.data.DataLoader(r[:4] + r[8:], batch_size=4), steps=3)
     torch.testing.assert_close(flat(a.model), flat(ref.model), rtol=0, atol=1e-6)
     assert a.cb(NaNGuardCB).skipped == 1 and a.state.step == 4
@@ -345,7 +291,7 @@ def test_nan_step_is_skipped_exactly():
 def test_loss_spike_is_skipped():
     g = NaNGuardCB(spike_factor=3.0, warmup=3)
     with pytest.warns(UserWarning, match='loss spiked'):
-        learn = _guarded_fit({6}, factor=10.0, cbs=[g], loader=dl(32, bs=4), steps=8)
+        learn = _guarded_fit({6}, factor=10.0, cbs=[g], loader=tiny_dl(32, bs=4), steps=8)
     assert g.skipped == 1
 
 def test_nan_guard_aborts_after_n_in_a_row():
@@ -355,25 +301,25 @@ def test_nan_guard_aborts_after_n_in_a_row():
             _guarded_fit({2, 3, 4, 5}, cbs=[NaNGuardCB(max_bad=3)], steps=5)
 
 # ---------------------------------------------------------------- gradient checkpointing, CPU offload
-@pytest.mark.parametrize('make', [lambda: gpt2(dropout=0.1), llama])
+@pytest.mark.parametrize('make', [lambda: tiny_gpt2(dropout=0.1), tiny_llama])
 def test_gradient_checkpointing_same_grads(make):
     def grads(ckpt):
         m = make().train()
         if ckpt: enable_gradient_checkpointing(m)
-        b = next(iter(dl()))
+        b = next(iter(tiny_dl()))
         torch.manual_seed(3); LMTask().loss(m, b, n_targets(b)).backward()
         return [p.grad.clone() for p in m.parameters()]
     for a, b in zip(grads(False), grads(True)): torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 def _adam_run(make_opt, steps=6, resume_at=None):
-    m = gpt2()
+    m = tiny_gpt2()
     o = make_opt(m)
     s = make_scheduler(o, TrainingConfig(warmup_steps=2), steps)
     for i in range(steps):
         if i == resume_at:   # save and restore the optimizer state mid-way, as a checkpoint resume does
             sd = o.state_dict(); o = make_opt(m); o.load_state_dict(sd)
             s = make_scheduler(o, TrainingConfig(warmup_steps=2), steps); [s.step() for _ in range(i)]
-        b = next(iter(dl(4, seed=i)))
+        b = next(iter(tiny_dl(4, seed=i)))
         LMTask().loss(m, b, n_targets(b)).backward()
         o.step(); s.step(); o.zero_grad()
     return m, o
@@ -389,31 +335,20 @@ def test_offload_adamw_equals_adamw(fraction):
 def test_offload_through_learner_and_config():
     cfg = TrainingConfig(learning_rate=1e-2, use_cpu_offload=True, cpu_offload_fraction=0.5)
     def run(cfg):
-        m = gpt2(); o = build_optimizer(m, cfg)
-        Learner(m, dl(), opt=o, sched=make_scheduler(o, cfg, 4), max_steps=4, mixed_precision='no', cbs=[ClipGradCB(1.0)]).fit()
+        m = tiny_gpt2(); o = build_optimizer(m, cfg)
+        Learner(m, tiny_dl(), opt=o, sched=make_scheduler(o, cfg, 4), max_steps=4, mixed_precision='no', cbs=[ClipGradCB(1.0)]).fit()
         return flat(m)
     torch.testing.assert_close(run(cfg), run(TrainingConfig(learning_rate=1e-2)), rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match='cpu_offload_fraction'): OffloadAdamW(gpt2().parameters(), fraction=1.5)
+    with pytest.raises(ValueError, match='cpu_offload_fraction'): OffloadAdamW(tiny_gpt2().parameters(), fraction=1.5)
 
 # ---------------------------------------------------------------- aux loss, custom step, samples
-def test_supcon_reference():
-    z, y, t = torch.randn(7, 4), torch.tensor([0, 0, 1, 1, 1, 2, 0]), 0.3
-    zn = F.normalize(z, dim=-1); terms = []
-    for i in range(7):
-        P = [p for p in range(7) if p != i and y[p] == y[i]]
-        if not P: continue
-        den = sum(torch.exp(zn[i] @ zn[a] / t) for a in range(7) if a != i)
-        terms.append(-sum(torch.log(torch.exp(zn[i] @ zn[p] / t) / den) for p in P) / len(P))
-    torch.testing.assert_close(supcon_loss(z, y, t), torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
-    assert supcon_loss(z[:3], torch.tensor([0, 1, 2]), t).item() == 0.0
-
 def test_contrastive_gradient_equals_reference():
     "One step with the aux term gives the weights of a hand-written step on LM loss + weight * supcon."
     dom = torch.tensor([0, 1, 1, 0] * 4)
-    m = gpt2()
-    Learner(m, dl(4, domain=dom), opt=torch.optim.SGD(m.parameters(), lr=0.1), max_steps=1, mixed_precision='no',
+    m = tiny_gpt2()
+    Learner(m, tiny_dl(4, domain=dom), opt=torch.optim.SGD(m.parameters(), lr=0.1), max_steps=1, mixed_precision='no',
             cbs=[CodeContrastiveCB(weight=0.7, temperature=0.2)]).fit()
-    r = gpt2(); b = next(iter(dl(4, domain=dom)))
+    r = tiny_gpt2(); b = next(iter(tiny_dl(4, domain=dom)))
     out = r(input_ids=b['input_ids'], output_hidden_states=True)
     loss = causal_lm_loss(out.logits, b['labels']) + 0.7 * supcon_loss(out.hidden_states[-1].mean(1), b['domain'], 0.2)
     loss.backward()
@@ -425,7 +360,7 @@ def test_custom_training_step():
     class Doubled(Learner):
         def training_step(self, batch, n): return 2 * super().training_step(batch, n)
     def run(cls, lr):
-        m = gpt2(); cls(m, dl(), opt=torch.optim.SGD(m.parameters(), lr=lr), max_steps=2, mixed_precision='no').fit()
+        m = tiny_gpt2(); cls(m, tiny_dl(), opt=torch.optim.SGD(m.parameters(), lr=lr), max_steps=2, mixed_precision='no').fit()
         return flat(m)
     torch.testing.assert_close(run(Doubled, 0.05), run(Learner, 0.1), rtol=0, atol=1e-6)
 
@@ -433,8 +368,8 @@ def test_sample_generation_file_and_rng_untouched(tmp_path):
     from llm_nb.tokenisation import train_tokenizer
     tok = train_tokenizer(['the cat sat on the mat', 'a dog and a cat'] * 10, 300)
     def run(cbs):
-        m = gpt2(dropout=0.1, vocab=len(tok))
-        Learner(m, dl(16, bs=2, seed=1), opt=torch.optim.AdamW(m.parameters(), lr=1e-2), max_steps=4, mixed_precision='no', cbs=cbs).fit()
+        m = tiny_gpt2(dropout=0.1, vocab=len(tok))
+        Learner(m, tiny_dl(16, bs=2, seed=1), opt=torch.optim.AdamW(m.parameters(), lr=1e-2), max_steps=4, mixed_precision='no', cbs=cbs).fit()
         return flat(m)
     sg = SampleGenerationCB(tok, ['the cat', 'a dog'], every=2, output_dir=tmp_path, max_new_tokens=4, do_sample=True)
     torch.testing.assert_close(run([sg]), run([]), rtol=0, atol=0)   # sampling does not move the training RNG
@@ -444,10 +379,10 @@ def test_sample_generation_file_and_rng_untouched(tmp_path):
 
 # ---------------------------------------------------------------- lr finder, ablation
 def test_lr_find_restores_state_and_keeps_group_ratios(tmp_path):
-    m = gpt2()
+    m = tiny_gpt2()
     o = build_optimizer(m, TrainingConfig(use_llrd=True, llrd_factor=0.5, learning_rate=1e-3))
     s = make_scheduler(o, TrainingConfig(warmup_steps=5), 20)          # lr is 0 in warmup: ratios come from initial_lr
-    learn = Learner(m, dl(64), opt=o, sched=s, max_steps=20, mixed_precision='no')
+    learn = Learner(m, tiny_dl(64), opt=o, sched=s, max_steps=20, mixed_precision='no')
     before, lrs0 = flat(m).clone(), [g['lr'] for g in o.param_groups]
     seen = []
     class Spy(LMTask):
@@ -465,12 +400,12 @@ def test_ablation_turns_techniques_off():
     on = dict(label_smoothing=0.1, use_rdrop=True, use_ema=True, use_llrd=True, use_cpu_offload=True, early_stopping_patience=3)
     t = TrainingConfig(**on)
     assert {type(c).__name__ for c in technique_callbacks(t)} == {'NaNGuardCB', 'EMACB', 'EarlyStoppingCB'}
-    assert isinstance(technique_task(t), RDropTask) and isinstance(build_optimizer(gpt2(), t), OffloadAdamW)
+    assert isinstance(technique_task(t), RDropTask) and isinstance(build_optimizer(tiny_gpt2(), t), OffloadAdamW)
     a = TrainingConfig(**on, ablation_mode=True)
     a = dataclasses.replace(a, sample_prompts=['x'], sample_every_steps=1, aux_contrastive_weight=1.0)
     assert [type(c).__name__ for c in technique_callbacks(a, tok=object())] == ['NaNGuardCB']
     task = technique_task(a); assert type(task) is LMTask and task.label_smoothing == 0.0
-    o = build_optimizer(gpt2(), a); assert type(o) is torch.optim.AdamW and len(o.param_groups) == 2
+    o = build_optimizer(tiny_gpt2(), a); assert type(o) is torch.optim.AdamW and len(o.param_groups) == 2
 
 def test_token_level_techniques_leave_a_dpo_task_alone():
     "training.label_smoothing never reaches DPOTask (its smoothing is dpo.label_smoothing); R-Drop on it is an error naming the key."
