@@ -41,7 +41,7 @@ def worker(args):
     import torch
     from llm_nb.config import TrainingConfig, LoraConfig
     from llm_nb.loop import Learner, make_optimizer
-from llm_nb.tasks import LMTask
+    from llm_nb.tasks import LMTask
     from llm_nb.dpo import DPOTask, collate_dpo, frozen_copy, precompute_ref_logps, disable_dropout
     base = current_rss_mb()
     cuda = torch.cuda.is_available()

@@ -15,8 +15,8 @@ from llm_nb.config import TrainingConfig
 from llm_nb.loop import Learner, ClipGradCB, NaNGuardCB, TrainMetricsCB, make_scheduler
 from llm_nb.tasks import LMTask
 from llm_nb.callback import Callback
-from llm_nb.techniques import (EMACB, RDropTask, EarlyStoppingCB, CodeContrastiveCB, build_optimizer,
-                               enable_gradient_checkpointing)
+from llm_nb.techniques import EMACB, RDropTask, EarlyStoppingCB, CodeContrastiveCB, build_optimizer
+from llm_nb.model import enable_gradient_checkpointing
 
 class StepTimer(Callback):
     "Wall time of each optimizer step after `skip` warm-up steps (synchronising CUDA so the time is real)."

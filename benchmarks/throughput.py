@@ -29,7 +29,9 @@ def run_llm_nb(n, compile=False):
     from llm_nb.model import build_model, compile_model
     from llm_nb.data import lm_dataloader
     from llm_nb.loop import Learner, make_optimizer, make_scheduler, ClipGradCB, TrainMetricsCB
-from llm_nb.callback import Callback
+    from llm_nb.callback import Callback
+    from llm_nb.precision import keep_freed_memory
+    keep_freed_memory()   # as `llm_nb train` does (before the refactor every Learner did)
     model = build_model(ModelConfig(dropout=0.0), vocab_size=V)
     if compile: compile_model(model)   # `training.compile: true`
     tc = TrainingConfig(weight_decay=0.1, max_grad_norm=1.0)

@@ -13,7 +13,7 @@ import numpy as np, torch
 from safetensors.torch import save_model, load_model
 from .lora import is_peft, save_adapter_state, load_adapter_state
 from .config import STRATEGIES, greater_is_better
-from .loop import TrainState, finished_epoch
+from .loop import TrainState, finished_epoch, ClipGradCB
 from .callback import Callback, CancelFit
 from .tasks import NO_STEP_LIMIT
 from .techniques import eval_metric
@@ -22,8 +22,9 @@ from .techniques import eval_metric
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
            'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'check_target',
            'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint', 'load_checkpoint',
-           'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'clear_run_outputs',
-           'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps', 'CheckpointCB', 'BestModelCB']
+           'callback_states', 'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results',
+           'clear_run_outputs', 'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps',
+           'CheckpointCB', 'BestModelCB']
 
 # %% ../nbs/09_checkpointing.ipynb #b53c902d
 class CheckpointError(RuntimeError):
@@ -244,10 +245,19 @@ def load_checkpoint(learn, path, verify:bool=True):
     set_rng_state(extra['rng'])
     learn.state, learn.history = TrainState(**meta['state']), meta['history']
     _resume_position(learn, meta)
+    states = callback_states(meta['callbacks'], learn)
     for c in learn.cbs:
-        if type(c).__name__ in meta['callbacks']: c.load_state_dict(meta['callbacks'][type(c).__name__])
+        if type(c).__name__ in states: c.load_state_dict(states[type(c).__name__])
         if hasattr(c, 'load_tensors'): c.load_tensors(path)
     return meta
+
+def callback_states(saved:dict, learn) -> dict:
+    "The callbacks' saved states by class name; a checkpoint from before December 2026 kept the logging window's gradient norms in `ClipGradCB`, now `TrainMetricsCB`'s."
+    saved, old = dict(saved), saved.get('ClipGradCB', {}).get('norms')
+    if old is not None and 'norms' not in saved.get('TrainMetricsCB', {'norms': None}):
+        clip = learn.cb(ClipGradCB); mx = clip.max_norm if clip else 0
+        saved['TrainMetricsCB'] = dict(saved['TrainMetricsCB'], norms=old, clipped=[bool(mx > 0 and n > mx) for n in old])
+    return saved
 
 # %% ../nbs/09_checkpointing.ipynb #9cafc6f8
 def _step_of(path):

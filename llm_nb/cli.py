@@ -168,6 +168,7 @@ def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
 # %% ../nbs/11_cli.ipynb #e6bff80f
 def find_lr(cfg:Config, num_steps:int=100) -> dict:
     "`lr_find` on the run `cfg` describes (nothing is trained or saved but `plots/lr_find.png`)."
+    keep_freed_memory()   # it trains as `train` does
     learn = build_learner(cfg)
     res = lr_find(learn, num_steps=num_steps, max_grad_norm=cfg.training.max_grad_norm, plot_path=learn.output_dir/'plots'/'lr_find.png')
     learn.acc.print(f"Suggested learning rate: {res['suggestion']:.2e} (plot in {learn.output_dir/'plots'/'lr_find.png'})")

@@ -304,6 +304,7 @@ class ClipGradCB(Callback):
     order = 10
     def __init__(self, max_norm:float=1.0): self.max_norm = max_norm
     def before_batch(self, learn): learn.grad_norm = learn.grad_clipped = None
+    def after_fit(self, learn): learn.grad_norm = learn.grad_clipped = None   # nothing stale for a later fit without clipping
     def before_step(self, learn):
         "Publishes, for this step only, `learn.grad_norm` (a tensor: no host sync) and `learn.grad_clipped` (whether it was above `max_norm`)."
         norm = learn.acc.clip_grad_norm_(learn.model.parameters(), self.max_norm if self.max_norm > 0 else float('inf')).detach()
@@ -347,7 +348,8 @@ class TrainMetricsCB(Callback):
     def log_window(self, learn):
         "Log the averages of the steps since the last log."
         if not self.losses: return  # every step of the window was skipped, or it was just logged
-        loss, tok, samples = torch.stack(self.losses).mean(), float(learn.state.tokens_seen - self.tok), float(self.samples)
+        stack = lambda xs: torch.stack([x.to(learn.acc.device) for x in xs])   # a resumed window was loaded on the CPU
+        loss, tok, samples = stack(self.losses).mean(), float(learn.state.tokens_seen - self.tok), float(self.samples)
         if learn.acc.num_processes > 1:  # the global batch's loss and throughput, not rank 0's share
             loss = learn.acc.reduce(loss, 'mean')
             tok, samples = learn.acc.reduce(torch.tensor([tok, samples]), 'sum').tolist()
@@ -355,8 +357,8 @@ class TrainMetricsCB(Callback):
         if not math.isfinite(loss): raise FloatingPointError(f"loss is {loss} at step {learn.state.step}: stopping before anything is saved; lower the learning rate or check the data")
         dt = max(time.time() - self.t, 1e-9)
         m = dict(loss=loss, learning_rate=learn.lr, tokens_per_sec=tok / dt, samples_per_sec=samples / dt, peak_memory_mb=peak_memory_mb())
-        m.update({k: torch.stack(v).mean().item() for k, v in self.extra.items()})
-        if self.norms: m.update(grad_norm=self.norms[-1].item(), grad_clip_ratio=torch.stack(self.clipped).double().mean().item())
+        m.update({k: stack(v).mean().item() for k, v in self.extra.items()})
+        if self.norms: m.update(grad_norm=self.norms[-1].item(), grad_clip_ratio=stack(self.clipped).double().mean().item())
         learn.log(**m)
         self._reset(learn)
 

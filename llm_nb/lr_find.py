@@ -51,7 +51,7 @@ class LRFinderCB(Callback):
     def before_fit(self, learn):
         opt = learn.opt
         self.saved = ({k: v.detach().clone() for k, v in learn.raw_model.state_dict().items()}, copy.deepcopy(opt.state_dict()),
-                      torch.get_rng_state(), learn.model.training)
+                      torch.get_rng_state())
         peaks = [g.get('initial_lr', g['lr']) for g in opt.param_groups]
         self.ratios = [p / max(peaks) if max(peaks) > 0 else 1.0 for p in peaks]   # layer-wise decay keeps its ratios
         self.lrs, self.losses, self.avg, self.best = [], [], 0.0, math.inf
@@ -67,8 +67,8 @@ class LRFinderCB(Callback):
         self.best = min(self.best, smooth)
         if smooth > self.diverge * self.best: raise CancelFit()
     def after_fit(self, learn):
-        model, opt, rng, was = self.saved
-        learn.raw_model.load_state_dict(model); learn.opt.load_state_dict(opt); torch.set_rng_state(rng); learn.model.train(was)
+        model, opt, rng = self.saved
+        learn.raw_model.load_state_dict(model); learn.opt.load_state_dict(opt); torch.set_rng_state(rng)
 
 # %% ../nbs/05b_lr_find.ipynb #lrf2a002
 def lr_find(learn:Learner|None=None, *, model=None, train_dl=None, task=None, opt=None, start_lr:float=1e-7, end_lr:float=10.0,
@@ -78,10 +78,12 @@ def lr_find(learn:Learner|None=None, *, model=None, train_dl=None, task=None, op
         if model is None or train_dl is None: raise ValueError("lr_find: give a Learner or model= and train_dl=")
         learn = Learner(model, train_dl, task=task, opt=opt, max_steps=num_steps)
     finder = LRFinderCB(start_lr, end_lr, num_steps, diverge, beta)
-    kept = learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error
+    kept = learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error, learn.model.training
     learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history = [finder, ClipGradCB(max_grad_norm)], None, num_steps, TrainState(), []
     try: learn.fit()
-    finally: learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error = kept
+    finally:
+        learn.cbs, learn.sched, learn.max_steps, learn.state, learn.history, learn.stop_reason, learn.error, was = kept
+        learn.model.train(was)   # `fit` switched it to training mode
     if len(finder.lrs) < 2: raise FloatingPointError(f"lr_find: the loss was not finite from the first steps (start_lr={start_lr}); check the data or lower start_lr")
     res = dict(lrs=finder.lrs, losses=finder.losses, suggestion=suggest_lr(finder.lrs, finder.losses), min_lr=finder.lrs[int(np.argmin(finder.losses))] / 10)
     if plot_path is not None and learn.acc.is_main_process:
