@@ -1,41 +1,38 @@
-"""Build the documentation site into `_docs/` from the notebooks, without Quarto.
+"""Build the documentation site into `_docs/` with Sphinx + MyST-NB, straight from the notebooks in `nbs/`.
 
-`nbdev-docs` renders the site with Quarto, which cannot be installed on every machine (nor in CI). This
-script builds an equivalent site anywhere pip works:
+`nbdev-docs` renders the site with Quarto, which cannot be installed everywhere (nor in CI); Sphinx, MyST-NB and
+the Furo theme install from PyPI. Sphinx reads `nbs/*.ipynb` itself (settings: `tools/docs/conf.py`), and MyST-NB
+executes each notebook in a Jupyter kernel, in `nbs/` with `IN_TEST=1` (as `nbdev-test` runs it), keeping the outputs in
+a jupyter-cache under `build/docs/` that is keyed by the notebook's code and by the `llm_nb` package (a change to either
+runs it again). This module is also the Sphinx extension that says what nbdev's cell directives mean, as MyST-NB cell
+tags, when a notebook is read:
 
-1. **execute** every `nbs/*.ipynb` (the notebooks in git carry no outputs) with nbdev's own `test_nb`, as
-   `nbdev-test` and our `conftest.py` do: cells flagged with `tst_flags` (`slow`, `gpu`, ...) or `#| eval: false`
-   are skipped. Notebooks run in parallel worker processes; an executed copy is kept under `build/docs/exec/`
-   until the notebook or the `llm_nb` package changes (`run_notebook` lets a test run fill that cache);
-2. **process** the executed copies with nbdev's own docs pipeline, `nbdev.serve.proc_nbs` (frontmatter from
-   `# Title` / `> summary`, a `show_doc` after every exported name, exported and `#| hide` cells removed,
-   links to documented names), into `_proc/` exactly as `nbdev-docs` does before handing over to Quarto.
-   nbdev's `show_doc` pass re-runs every cell that contains an import, out of context; a demo cell that mixes
-   imports with code is therefore marked `#| eval: false` in the copy (`--strict`: not, and fail as
-   `nbdev-docs` would) and listed as a note;
-3. **convert** the Quarto-flavoured result to plain MyST notebooks: Quarto cell options (`#| echo: false`,
-   `#| output: asis`, ...) become what they mean, `show_doc` output becomes page content (headings, anchors,
-   search), callouts become admonitions, links to the published site become relative;
-4. **render** with Sphinx + MyST-NB (theme: Furo) into `_docs/`, with the sidebar grouped by subsystem
-   (`SECTIONS` below, also written to `nbs/sidebar.yml` for Quarto by `--sidebar`) and full-text search.
+  nbdev                                                 MyST-NB
+  `#| hide`, `#| include: false`, `#| default_exp`       `remove-cell` (the cell still runs, as in `nbdev-test`)
+  `#| echo: false`, `#| exporti`                        `remove-input`
+  `#| output: false`                                    `remove-output`
+  `#| code-fold`                                        `hide-input`
+  a cell `nbdev-test` skips (`#| eval: false`,           `skip-execution` (the same cells: nbdev's `nb_test_cells`)
+    `tst_flags` such as `#| slow`, `nbdev_export()`)
+  `#| export`, `#| exports`, `#| exec_doc`               the code (no `#|` lines), then an autodoc entry for each
+                                                          public name it defines (nbdev's `show_doc` rule)
+  a cell of `show_doc(name)` calls                      those autodoc entries
+  `# Title` and `> summary` (nbdev's frontmatter)        the page title and a lead paragraph
 
-Why Sphinx + MyST-NB: it reads notebooks natively and renders their stored outputs (text, tables, Markdown,
-images) without executing them again, MyST understands the Markdown that nbdev's `show_doc` produces, and
-Sphinx's client-side search index needs no server or service. Both are actively maintained and install
-from PyPI as pure-Python wheels.
+Docstrings are read as Markdown (MyST), as nbdev writes them, with nbdev's parameter comments (docments) as autodoc's
+parameter list; a backticked name in prose links to its API entry, as nbdev's `add_links` does. The sidebar groups the
+notebooks by number prefix (`SECTIONS`); `--sidebar` writes the same grouping to `nbs/sidebar.yml` for Quarto, so
+`nbdev-docs` still builds the Quarto site where Quarto is installed.
 
-Usage: python tools/build_docs.py [--out DIR] [--workers N] [--keep-going] [--strict] [--no-cache]
+Usage: python tools/build_docs.py [--out DIR] [--workers N] [--keep-going] [--no-cache]
        python tools/build_docs.py --sidebar   # (re)write nbs/sidebar.yml from SECTIONS, then exit
 """
 from __future__ import annotations
 import argparse, ast, hashlib, json, os, re, shutil, subprocess, sys, time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NBS = ROOT/'nbs'
-WORK = ROOT/'build'/'docs'           # staging: executed copies, processed notebooks, Sphinx sources
+NBS, CONF, WORK = ROOT/'nbs', ROOT/'tools'/'docs', ROOT/'build'/'docs'
 
 # Subsystems, in sidebar order. A notebook belongs to the section of its number prefix ('06a', then '06');
 # a prefix not listed lands in 'More', so a new notebook is never left out of the site.
@@ -43,7 +40,7 @@ SECTIONS = [
     ('Configuration', ['00']),
     ('Data', ['01', '02', '04']),
     ('Models', ['03', '06']),
-    ('Training loop', ['05', '10']),
+    ('Training loop', ['03a', '04a', '04b', '04c', '05', '10']),
     ('Fine-tuning and alignment', ['06a', '07']),
     ('Metrics and notifications', ['08', '08a']),
     ('Checkpointing', ['09']),
@@ -81,374 +78,248 @@ def sidebar_yml(nbs:Path=NBS) -> str:
         lines += [f'      - section: "{title}"', '        contents:'] + [f'          - {s}.ipynb' for s in group]
     return '\n'.join(lines) + '\n'
 
-# ---------------------------------------------------------------- 1. execute
+def pages(nbs:Path=NBS) -> dict[str, dict]:
+    "Page name (the notebook's stem) -> its notebook, title (nbdev's frontmatter) and sidebar section."
+    from fastcore.nbio import read_nb, nb_frontmatter
+    return {p.stem: {'notebook': p.name, 'title': str(nb_frontmatter(read_nb(p)).get('title') or ''),
+                     'section': section_of(p.stem)} for p in notebooks(nbs)}
 
-def _key(nb:Path) -> str:
-    "Cache key of an executed notebook: its source and the package it imports (outputs change with either)."
-    h = hashlib.sha256(nb.read_bytes())
-    for p in sorted((ROOT/'llm_nb').glob('*.py')) + [ROOT/'pyproject.toml']:
-        h.update(p.name.encode()); h.update(p.read_bytes())
-    return h.hexdigest()
+# ---------------------------------------------------------------- nbdev directives as MyST-NB cell tags
 
-def _worker_init():
-    import multiprocessing   # a spawned worker inherits `spawn`; a notebook's DataLoader workers fork, as under Jupyter on Linux
-    if 'fork' in multiprocessing.get_all_start_methods(): multiprocessing.set_start_method('fork', force=True)
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+def _read(nb:str|dict):
+    "The notebook as nbdev reads it: cells with `directives_` (comment and metadata directives), in file order."
+    from fastcore.nbio import dict2nb
+    from nbdev.process import NBProcessor
+    return NBProcessor(nb=dict2nb(json.loads(nb) if isinstance(nb, str) else json.loads(json.dumps(nb))), rm_directives=False).nb
 
-def executed_path(nb:Path) -> Path: return WORK/'exec'/nb.name
+def _flags(v) -> list[str]: return v.split() if isinstance(v, str) else list(v or [])
 
-def is_cached(nb:Path) -> bool:
-    "Is there an executed copy of `nb` made from its current source and the current package?"
-    kf = executed_path(nb).with_suffix('.key')
-    return executed_path(nb).exists() and kf.exists() and kf.read_text() == _key(nb)
-
-def run_notebook(fn, showerr:bool=True) -> bool:
-    """Run notebook `fn` exactly as `nbdev-test` does (nbdev's `test_nb`: `tst_flags` cells skipped, run in its folder)
-    and, if it passes, keep the executed copy for the docs. A test runner can call this instead of `test_nb`, so
-    that the docs build reuses its runs (see `conftest.py`)."""
-    import nbdev.test as nt
-    from nbdev.config import get_config
-    fn = Path(fn).resolve()
-    key, dest = _key(fn), executed_path(fn)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.with_suffix('.key').unlink(missing_ok=True); dest.unlink(missing_ok=True)
-    write_nb = nt.write_nb
-    def _save(nb, path):         # test_nb(save=True) writes the outputs back to the notebook: redirect them here
-        for c in nb.cells: c.get('metadata', {}).pop('execution', None)
-        write_nb(nb, dest)
-    nt.write_nb = _save
-    try: ok, _ = nt.test_nb(fn, skip_flags=get_config(fn.parent).tst_flags.split(), showerr=showerr, save=True)
-    finally: nt.write_nb = write_nb
-    if ok: dest.with_suffix('.key').write_text(key)
-    return ok
-
-def _execute(fn:str) -> tuple[str, bool, float]:
-    t = time.time()
-    return Path(fn).name, run_notebook(fn), time.time() - t
-
-def execute_all(nbs:list[Path], workers:int=2, use_cache:bool=True, log=print) -> list[str]:
-    "Execute `nbs` in parallel, reusing cached runs; return the names of those that failed."
-    todo = [nb for nb in nbs if not (use_cache and is_cached(nb))]
-    if len(todo) < len(nbs): log(f'{len(nbs)-len(todo)} notebook(s) already executed (cached in {WORK/"exec"})')
-    if not todo: return []
-    log(f'executing {len(todo)} notebook(s) with {min(workers, len(todo))} worker(s): {" ".join(n.name for n in todo)}')
-    todo.sort(key=lambda nb: -nb.stat().st_size)    # big ones first, so the pool does not end waiting on one
-    n = max(1, min(workers, len(todo)))
-    failed = []
-    with ProcessPoolExecutor(n, mp_context=get_context('spawn'), initializer=_worker_init) as ex:
-        for name, ok, secs in ex.map(_execute, [str(nb) for nb in todo]):
-            log(f'  {name}: {"ok" if ok else "FAILED (traceback above)"} in {secs:.1f}s')
-            if not ok: failed.append(name)
-    return failed
-
-# ---------------------------------------------------------------- 2. process with nbdev
-
-_SHOW_DIRS = {'export', 'exports', 'exporti', 'exec_doc', 'hide', 'default_exp'}
-
-def _directives(src:str) -> dict[str, str]:
-    "nbdev/Quarto cell directives (`#| key: value` lines) of a code cell's source."
-    out = {}
-    for line in src.splitlines():
-        m = re.match(r'\s*#\|\s*([\w-]+)\s*:?\s*(.*?)\s*$', line)
-        if m: out[m[1]] = m[2]
-    return out
-
-def _mixed_import_cell(src:str) -> bool:
-    """Does nbdev's `show_doc` pass (`exec_show_docs`) run this demo cell only because it contains an import?
-    It runs every cell with an import in it, in a shell where the demo cells before it never ran."""
-    d = _directives(src)
-    if d.keys() & _SHOW_DIRS or d.get('eval', '').lower() == 'false' or 'nbdev_export()' in src: return False
-    try: tree = ast.parse('\n'.join(l for l in src.splitlines() if not l.lstrip().startswith(('%', '!'))))
-    except SyntaxError: return False
-    if not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)): return False
-    if any(isinstance(t, ast.Expr) and getattr(getattr(t.value, 'func', None), 'id', None) == 'show_doc' for t in tree.body): return False
-    return not all(isinstance(t, (ast.Import, ast.ImportFrom)) for t in tree.body)
-
-def docs_problems(nb:dict) -> list[str]:
-    "Cells of notebook `nb` that break (or slow down) `nbdev-docs`: demo code mixed with imports."
+def _defined(cell) -> list[tuple[str, str]]:
+    "nbdev's `show_doc` rule: the top-level functions and classes of a cell, `_private` ones left out; `@patch` as `Class.name`."
+    from nbdev.showdoc import showdoc_nm
     out = []
-    for i, c in enumerate(nb['cells']):
-        src = _src(c)
-        if c['cell_type'] == 'code' and _mixed_import_cell(src):
-            out.append(f'cell {i} ({src.strip().splitlines()[0][:60]!r}...) mixes imports with demo code')
+    for o in cell.parsed_() or []:
+        if not isinstance(o, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or (o.name[0] == '_' and o.name[:2] != '__'): continue
+        nm = showdoc_nm(o)
+        out += [(n, 'class' if isinstance(o, ast.ClassDef) else 'method' if '.' in n else 'function')
+                for n in (nm if isinstance(nm, list) else [nm])]
     return out
 
-def _src(c) -> str: return ''.join(c['source']) if isinstance(c['source'], list) else c['source']
+def _show_doc_calls(cell) -> list[str]|None:
+    "The names in a cell made only of `show_doc(name)` calls (`None` for any other cell)."
+    tree = cell.parsed_()
+    calls = [t.value for t in tree or [] if isinstance(t, ast.Expr) and isinstance(t.value, ast.Call)
+             and getattr(t.value.func, 'id', None) == 'show_doc' and t.value.args]
+    return [ast.unparse(c.args[0]) for c in calls] if tree and len(calls) == len(tree) else None
 
-def stage(nbs:list[Path], strict:bool=False, log=print) -> Path:
-    """Copy the executed notebooks (and every other file of `nbs/`) to `build/docs/nbs/`. Unless `strict`, a demo
-    cell that mixes imports with code is marked `#| eval: false` in the copy, so that nbdev's `show_doc` pass
-    does not re-run it out of context; its outputs from step 1 are kept."""
-    dst = WORK/'nbs'; dst.mkdir(parents=True, exist_ok=True)
-    names = {p.name for p in nbs}
-    for p in list(dst.iterdir()):    # notebooks deleted from nbs/ disappear from the site
-        if p.is_file() and p.suffix == '.ipynb' and p.name not in names: p.unlink()
-    for p in NBS.iterdir():
-        if p.name.startswith('.') or p.name in ('runs', '__pycache__', '_proc', '_docs') or p.suffix == '.ipynb': continue
-        if p.is_dir(): shutil.copytree(p, dst/p.name, dirs_exist_ok=True)
-        elif not (dst/p.name).exists() or (dst/p.name).read_bytes() != p.read_bytes(): shutil.copy2(p, dst/p.name)
-    for nb in nbs:   # a notebook that failed to run (--keep-going) is shown without outputs
-        d = json.loads((executed_path(nb) if executed_path(nb).exists() else nb).read_text())
-        for msg in docs_problems(d): log(f'  note: {nb.name} {msg}: nbdev-docs runs it in its show_doc pass (put the imports in a cell of their own)')
-        if not strict:
-            for c in d['cells']:
-                if c['cell_type'] == 'code' and _mixed_import_cell(_src(c)): c['source'] = '#| eval: false\n' + _src(c)
-        text = json.dumps(d, indent=1, ensure_ascii=False) + '\n'
-        if not (dst/nb.name).exists() or (dst/nb.name).read_text() != text: (dst/nb.name).write_text(text)
-    return dst
+def _kind(module:str, name:str) -> str:
+    "What autodoc directive documents `module.name`, from the object itself (for names not defined in the notebook)."
+    import importlib, inspect
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split('.'): obj = getattr(obj, part)
+    except Exception: return 'method' if '.' in name else 'function'
+    return 'class' if inspect.isclass(obj) else ('method' if '.' in name else 'function') if callable(obj) else 'data'
 
-def process(staged:Path, workers:int=2) -> Path:
-    "nbdev's own docs processing (`nbdev.serve.proc_nbs`, as run by `nbdev-docs`) of the staged notebooks into `_proc/`."
-    from nbdev.serve import proc_nbs
-    from nbdev.config import get_config
-    cfg = get_config(staged)
-    if cfg.config_path.resolve() != ROOT: raise RuntimeError(f'nbdev found {cfg.config_file}, not {ROOT/"pyproject.toml"}')
-    # proc_nbs skips a notebook whose _proc/ copy is newer; if something else (nbdev-docs, nbdev-preview) wrote
-    # that copy since our last build, make ours newer so it is processed again
-    stamps, proc = WORK/'proc-stamps.json', cfg.config_path/'_proc'
-    old = json.loads(stamps.read_text()) if stamps.exists() else {}
-    for nb in staged.glob('*.ipynb'):
-        d = proc/nb.name
-        if not d.exists() or old.get(nb.name) != d.stat().st_mtime_ns: os.utime(nb)
-    try: proc = proc_nbs(str(staged), n_workers=workers)
-    except Exception as e:
-        raise RuntimeError(f"nbdev's docs processing (nbdev.serve.proc_nbs, as in nbdev-docs) failed: {e}") from e
-    missing = [p.name for p in staged.glob('*.ipynb') if not p.name.startswith(('_', '.')) and not (proc/p.name).exists()]
-    if missing: raise RuntimeError(f'nbdev.serve.proc_nbs wrote no {missing} to {proc} (is the project inside a hidden folder?)')
-    for nb in staged.glob('*.ipynb'): os.utime(proc/nb.name)     # nbdev leaves an unchanged output untouched
-    stamps.write_text(json.dumps({nb.name: (proc/nb.name).stat().st_mtime_ns for nb in staged.glob('*.ipynb')}))
-    return proc
+def _md(src:str, id:str) -> dict: return {'cell_type': 'markdown', 'id': id, 'metadata': {}, 'source': src}
 
-# ---------------------------------------------------------------- 3. convert Quarto-flavoured notebooks to MyST
+def _autodoc(entries:list[tuple[str, str]], id:str) -> dict:
+    "A Markdown cell with one autodoc entry per `(full name, kind)` (autodoc directives are reStructuredText: `nbdev-api`)."
+    return _md('```{nbdev-api}\n' + '\n\n'.join(f'.. auto{kind}:: {name}' for name, kind in entries) + '\n```', id)
 
-_FENCE_OPEN, _FENCE_CLOSE = re.compile(r'^(:{3,})\s*\{(.*)\}\s*$'), re.compile(r'^(:{3,})\s*$')
-
-def _fenced_divs(md:str) -> str:
-    "Quarto callouts (`::: {.callout-note}`) become MyST admonitions; other Pandoc fenced divs are dropped, content kept."
-    out, stack = [], []
-    for line in md.split('\n'):
-        m = _FENCE_OPEN.match(line)
-        if m and not m[2].strip().startswith(('.', '#')) and '=' not in m[2]: m = None   # already MyST (`:::{note}`)
-        if m:
-            c = re.search(r'\.callout-(note|tip|warning|important|caution)\b', m[2])
-            t = re.search(r'title="([^"]*)"', m[2])
-            stack.append(bool(c))
-            if c and t: out += [f'{m[1]}{{admonition}} {t[1]}', f':class: {c[1]}']
-            elif c: out.append(f'{m[1]}{{{c[1]}}}')
-            continue
-        if _FENCE_CLOSE.match(line) and stack:
-            if stack.pop(): out.append(line)
-            continue
-        out.append(line)
-    return '\n'.join(out)
-
-_ANSI = re.compile(r'\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])')
-
-def _site_url() -> str:
-    "The published docs' base URL (`site-url` of `nbs/nbdev.yml`), which nbdev writes into its links."
-    m = re.search(r'^\s*site-url:\s*"?([^"\n]+)"?', (NBS/'nbdev.yml').read_text(), re.M) if (NBS/'nbdev.yml').exists() else None
-    return m[1].rstrip('/') + '/' if m else None
-
-def fix_markdown(md:str, pages:dict[str, str], site:str|None) -> str:
-    "Quarto/Pandoc-only Markdown to MyST; links to the published site and to notebooks become relative page links."
-    # nbdev's show_doc source link: [source](url){target="_blank" style="float:right; font-size:smaller"}
-    md = re.sub(r'\[source\]\(([^)\s]+)\)\{[^}]*\}', r'<a class="nbdev-source" href="\1" target="_blank">source</a>', md)
-    md = re.sub(r'(\]\([^)\s]*\))\{[^}\n]*\}', r'\1', md)           # other Pandoc link attributes
-    if site: md = md.replace(site, '')
-    md = re.sub(r'\]\((\w[\w.-]*)\.ipynb(#[^)]*)?\)', lambda m: f']({pages.get(m[1], m[1])}.html{m[2] or ""})', md)
-    return _fenced_divs(md)
-
-def _anchor(md:str) -> str:
-    "nbdev links a documented `name` to `#name` lower-cased (Quarto's id); keep that id where Sphinx's differs."
-    from docutils.nodes import make_id
-    def f(m):
-        nm = m[2].strip().strip('`')
-        anchor = nm.lower()
-        return m[0] if make_id(nm) == anchor else f'<span id="{anchor}"></span>\n\n{m[0]}'
-    return re.sub(r'^(#{2,4}) (.+)$', f, md, count=1, flags=re.M)
-
-def _clean_stream(text:str) -> str:
-    "A terminal's view of a stream: ANSI codes removed, `\\r`-redrawn progress bars reduced to their last state."
-    text = _ANSI.sub('', text)
-    return '\n'.join(l.rstrip('\r').split('\r')[-1] for l in text.split('\n'))
-
-def _md_cell(src:str) -> dict: return {'cell_type': 'markdown', 'metadata': {}, 'source': src}
-
-def convert(nb:dict, pages:dict[str, str], site:str|None) -> tuple[dict, str]:
-    "A processed (`_proc`) notebook as a MyST-NB notebook; returns it and the page title."
-    import yaml
-    cells, title = [], None
-    for c in nb['cells']:
-        src = _src(c)
-        if c['cell_type'] == 'raw' and src.lstrip().startswith('---') and title is None:
-            fm = yaml.safe_load(src.strip().strip('-')) or {}
-            title = str(fm.get('title') or 'Untitled')
-            head = f'# {title}'
-            if fm.get('description'): head += '\n\n{.lead}\n' + fix_markdown(str(fm['description']), pages, site)
-            cells.append(_md_cell(head))
-            continue
-        if c['cell_type'] == 'raw': continue
-        if c['cell_type'] == 'markdown':
-            src = fix_markdown(src, pages, site).strip()
-            if src and not re.fullmatch(r'<!--.*?-->', src, flags=re.S): cells.append(_md_cell(src))
-            continue
-        d = _directives(src)
-        if d.get('include') == 'false': continue
-        code = '\n'.join(l for l in src.splitlines() if not re.match(r'\s*#\|', l)).strip()
-        outs = c.get('outputs', [])
-        if d.get('output') == 'asis':       # Quarto pastes such output into the page as Markdown (show_doc does this)
-            md = '\n\n'.join(_anchor(fix_markdown(_src_of(o['data']['text/markdown']), pages, site)) for o in outs
-                             if 'text/markdown' in o.get('data', {}))
-            if cells and cells[-1]['cell_type'] == 'markdown' and cells[-1]['source'].strip().splitlines()[-1].startswith('#'):
-                md = re.sub(r'^\s*---\s*\n', '', md)   # a section may not begin with a rule (show_doc's separator)
-            if md.strip(): cells.append(_md_cell(md))
-            continue
-        tags = []
-        if d.get('echo') == 'false' or not code: tags.append('remove-input')
-        if d.get('output') == 'false': tags.append('remove-output'); outs = []
-        if not code and not outs: continue
-        new_outs = []
-        for o in outs:
-            o = dict(o)
-            if o['output_type'] == 'stream': o['text'] = _clean_stream(_src_of(o['text']))
-            if 'data' in o and 'text/markdown' in o['data']:
-                o['data'] = {**o['data'], 'text/markdown': fix_markdown(_src_of(o['data']['text/markdown']), pages, site)}
-            new_outs.append(o)
-        cells.append({'cell_type': 'code', 'execution_count': None, 'id': c.get('id'),
-                      'metadata': {'tags': tags} if tags else {}, 'outputs': new_outs, 'source': code})
-    if title is None: raise ValueError('no frontmatter: the notebook needs a first markdown cell "# Title" and "> summary"')
+def _api(nb, lib:str) -> dict[int, list[tuple[str, str]]]:
+    "Cell index -> the `(full name, kind)` API entries shown after it: nbdev's `add_show_docs` and explicit `show_doc` cells."
+    mod = next((c.directives_['default_exp'] for c in nb.cells if c.cell_type == 'code' and c.directives_.get('default_exp')), None)
+    cells = [c for c in nb.cells if c.cell_type == 'code']
+    shown = {n for c in cells for n in _show_doc_calls(c) or []}
+    kinds = {n: k for c in cells if c.directives_.keys() & {'export', 'exports'} for n, k in _defined(c)}
+    out = {}
     for c in cells:
-        if c.get('id') is None: c.pop('id', None)
-    out = {'cells': cells, 'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'},
-                                        'language_info': {'name': 'python'}}, 'nbformat': 4, 'nbformat_minor': 5}
-    if any('id' not in c for c in cells): out['nbformat_minor'] = 4
-    return out, title
+        d, m = c.directives_, c.directives_.get('export') or c.directives_.get('exports') or mod
+        if not m: continue
+        if (names := _show_doc_calls(c)) is not None:
+            out[c.idx_] = [(f'{lib}.{m}.{n}', kinds.get(n) or _kind(f'{lib}.{m}', n)) for n in names]
+        elif {'export', 'exports', 'exec_doc'} & d.keys() and 'hide' not in d and d.get('include') != 'false':
+            out[c.idx_] = [(f'{lib}.{m}.{n}', k) for n, k in _defined(c) if n not in shown]
+    return out
 
-def _src_of(v) -> str: return ''.join(v) if isinstance(v, list) else v
-
-def _toctree(caption:str|None, docs:list[str]) -> str:
-    cap = f':caption: {caption}\n' if caption else ''
-    return '```{toctree}\n:hidden:\n' + cap + '\n' + '\n'.join(docs) + '\n```'
-
-CONF = '''# Generated by tools/build_docs.py: Sphinx + MyST-NB settings of the llm_nb docs site.
-project = {project!r}
-html_title = {project!r}
-copyright = {author!r}
-language = 'en'
-extensions = ['myst_nb']
-nb_execution_mode = 'off'              # tools/build_docs.py executed the notebooks already
-nb_merge_streams = True
-nb_render_markdown_format = 'myst'
-myst_enable_extensions = ['colon_fence', 'dollarmath', 'attrs_block', 'attrs_inline', 'deflist']
-myst_all_links_external = True         # links were made relative page links by tools/build_docs.py
-myst_heading_anchors = 4
-html_theme = 'furo'
-html_static_path = ['_static']
-html_css_files = ['llm_nb.css']
-html_favicon = '_static/favicon.svg'   # else browsers ask for /favicon.ico and log a 404
-html_copy_source = False
-html_show_sourcelink = False
-html_last_updated_fmt = None
-exclude_patterns = ['_build', '**.ipynb_checkpoints', 'jupyter_execute']
-suppress_warnings = ['myst.header', 'misc.highlighting_failure']
-html_theme_options = {{'navigation_with_keys': True}}
-'''
-
-CSS = '''/* llm_nb docs: small additions to Furo */
-p.lead { font-size: 1.15em; color: var(--color-foreground-secondary); margin-top: -0.4em; }
-a.nbdev-source { float: right; font-size: smaller; }
-div.cell_output img { max-width: 100%; height: auto; }
-'''
-
-FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#2b6cb0"/>'
-           '<text x="16" y="22" font-family="monospace" font-size="14" fill="#fff" text-anchor="middle">nb</text></svg>')
-
-def to_sphinx(proc:Path, nbs:list[Path], log=print) -> Path:
-    "Sphinx sources (`build/docs/src/`): one MyST-NB notebook per page, named as Quarto names it (`00_config` -> `config`)."
-    from nbdev.doclinks import nbpath2html
-    src = WORK/'src'
-    if src.exists(): shutil.rmtree(src)
-    (src/'_static').mkdir(parents=True)
-    for p in proc.iterdir():     # images and other files the notebooks reference
-        if p.suffix in ('.ipynb',) or p.name in ('_quarto.yml', 'nbdev.yml', 'sidebar.yml', 'styles.css') or p.name.startswith('.'): continue
-        if p.is_dir(): shutil.copytree(p, src/p.name)
-        else: shutil.copy2(p, src/p.name)
-    pages = {nb.stem: nbpath2html(Path(nb.name)).stem for nb in nbs}
-    clash = {v for v in pages.values() if list(pages.values()).count(v) > 1}
-    if clash: raise RuntimeError(f'two notebooks give the same page name {clash}: {pages}')
-    site, titles = _site_url(), {}
-    for nb in nbs:
-        try: conv, titles[nb.stem] = convert(json.loads((proc/nb.name).read_text()), pages, site)
-        except Exception as e: raise RuntimeError(f'{nb.name}: {e}') from e
-        if nb.stem == 'index':
-            conv['cells'].append(_md_cell('\n\n'.join(_toctree(t, [pages[s] for s in g]) for t, g in grouped([n.stem for n in nbs]))))
-        (src/f'{pages[nb.stem]}.ipynb').write_text(json.dumps(conv, indent=1, ensure_ascii=False))
-    if 'index' not in pages: raise RuntimeError('nbs/index.ipynb is missing: it is the landing page')
-    (src/'conf.py').write_text(CONF.format(project=_title(), author=_author()))
-    (src/'_static'/'llm_nb.css').write_text(CSS)
-    (src/'_static'/'favicon.svg').write_text(FAVICON)
-    (WORK/'pages.json').write_text(json.dumps({pages[s]: {'notebook': f'{s}.ipynb', 'title': titles[s], 'section': section_of(s)}
-                                               for s in pages}, indent=1))
-    return src
-
-def _title() -> str:
-    m = (NBS/'nbdev.yml').exists() and re.search(r'^\s*title:\s*"?([^"\n]+)"?', (NBS/'nbdev.yml').read_text(), re.M)
-    return m[1] if m else ROOT.name
-
-def _author() -> str:
+def api_names(path:Path) -> list[str]:
+    "The full names of the API entries on the page of notebook `path`."
     from nbdev.config import get_config
-    return get_config(ROOT).get('author') or _title()
+    return [n for es in _api(_read(Path(path).read_text()), get_config(Path(path).parent).lib_name).values() for n, _ in es]
 
-def sphinx(src:Path, out:Path, log=print) -> list[str]:
-    "Render `src` into `out` with Sphinx; return its warnings."
-    warn = WORK/'sphinx-warnings.txt'
-    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-q', '-d', str(WORK/'doctrees'), '-w', str(warn), str(src), str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(f'sphinx failed ({r.returncode}):\n{r.stdout}\n{r.stderr}')
-    return [l for l in warn.read_text().splitlines() if l.strip()] if warn.exists() else []
+def myst_notebook(text:str, path:Path, toc:list[tuple[str, list[str]]]|None=None) -> dict:
+    """Notebook `path` (its JSON `text`) as MyST-NB reads it: nbdev's directives as cell tags, frontmatter as the title and
+    a lead paragraph, API entries after exported code; with `toc` (`grouped` notebooks), the sidebar's toctrees at the end."""
+    from fastcore.nbio import nb_frontmatter, md_frontmatter, cell_frontmatter
+    from nbdev.config import get_config
+    from nbdev.test import nb_test_cells
+    cfg, raw, nb = get_config(Path(path).parent), json.loads(text), _read(text)
+    runs = {c.idx_ for c in nb_test_cells(path, skip_flags=_flags(cfg.tst_flags))}   # exactly what nbdev-test runs
+    api, fm = _api(nb, cfg.lib_name), nb_frontmatter(nb)
+    cells, titled = [], False
+    if fm.get('title'):
+        cells.append(_md(f"# {fm['title']}" + (f"\n\n{{.lead}}\n{fm['description']}" if fm.get('description') else ''), 'nbdev-title'))
+    for c, r in zip(nb.cells, raw['cells']):
+        if c.cell_type == 'raw' and (f := cell_frontmatter(c.source)):      # frontmatter cells go, as in nbdev-docs
+            titled = titled or 'title' in f
+            continue
+        if c.cell_type == 'markdown' and not titled and (titled := bool(md_frontmatter(c.source))): continue
+        if c.cell_type != 'code': cells.append(r); continue
+        if _show_doc_calls(c) is not None:
+            if api.get(c.idx_): cells.append(_autodoc(api[c.idx_], f'nbdev-api-{c.idx_}'))
+            continue
+        d, tags = c.directives_, set(r.get('metadata', {}).get('tags', []))
+        if c.idx_ not in runs: tags.add('skip-execution')
+        if 'hide' in d or 'default_exp' in d or d.get('include') == 'false': tags.add('remove-cell')
+        if 'exporti' in d or d.get('echo') == 'false': tags.add('remove-input')
+        if d.get('output') == 'false': tags.add('remove-output')
+        if d.get('code-fold') in ('', 'true', 'show'): tags.add('hide-input')
+        c.remove_directives()
+        r['source'] = c.source
+        if not c.source.strip(): tags.add('remove-cell')
+        r['metadata'] = {**r.get('metadata', {}), 'tags': sorted(tags)}
+        cells.append(r)
+        if api.get(c.idx_): cells.append(_autodoc(api[c.idx_], f'nbdev-api-{c.idx_}'))
+    if toc:
+        cells.append(_md('\n\n'.join(f'```{{toctree}}\n:hidden:\n:caption: {title}\n\n' + '\n'.join(stems) + '\n```'
+                                     for title, stems in toc), 'nbdev-toctree'))
+    if (raw.get('nbformat', 4), raw.get('nbformat_minor', 0)) < (4, 5):    # cell ids are nbformat 4.5
+        for c in cells: c.pop('id', None)
+    raw['cells'] = cells
+    return raw
 
-# ---------------------------------------------------------------- all together
+# ---------------------------------------------------------------- the Sphinx extension (loaded by tools/docs/conf.py)
 
-def build(out:Path=ROOT/'_docs', workers:int=2, keep_going:bool=False, strict:bool=False, use_cache:bool=True, log=print) -> Path:
-    "Execute, process, convert and render every notebook into the site `out`; raises naming the notebook that failed."
-    t0, nbs = time.time(), notebooks()
+def _source_read(app, docname, source):
+    path = Path(app.env.doc2path(docname))
+    if path.suffix != '.ipynb': return
+    toc = grouped([d for d in app.env.found_docs if d != docname]) if docname == app.config.root_doc else None
+    source[0] = json.dumps(myst_notebook(source[0], path, toc))
+
+def _docstring(app, what, name, obj, options, lines):
+    """nbdev's docstrings are Markdown: parse them as MyST (`nbdev-markdown`), not as autodoc's reStructuredText; and nbdev
+    documents parameters with comments (docments): show those as autodoc's parameter list."""
+    from fastcore.docments import docments
+    ps = []
+    if what in ('class', 'function', 'method'):
+        try: ds = docments(obj)
+        except Exception: ds = {}
+        ps = [f':param {k}: {v}' for k, v in ds.items() if v and k not in ('self', 'return')]
+        if ds.get('return'): ps.append(f':returns: {ds["return"]}')
+    md = ['.. nbdev-markdown::', ''] + ['   ' + l for l in lines] + [''] if any(l.strip() for l in lines) else []
+    lines[:] = md + ps
+
+def _link_names(app, doctree, docname):
+    "A backticked name in prose (`Learner`, `Learner.fit()`) links to its API entry, as nbdev's `add_links` does."
+    from docutils import nodes
+    from sphinx import addnodes
+    from sphinx.util.nodes import make_refnode
+    from nbdev.config import get_config
+    lib, names = get_config(ROOT).lib_name + '.', {}
+    for full, e in app.env.get_domain('py').objects.items():
+        if not full.startswith(lib) or e.aliased or '.' not in full[len(lib):]: continue
+        short = full[len(lib):].split('.', 1)[1]
+        names[short] = None if short in names else (e.docname, e.node_id)
+    for lit in list(doctree.findall(nodes.literal)):
+        hit = names.get(lit.astext().removesuffix('()'))
+        if hit and not isinstance(lit.parent, (nodes.reference, nodes.title, addnodes.desc_signature)):
+            lit.replace_self(make_refnode(app.builder, docname, hit[0], hit[1], lit.deepcopy()))
+
+def _parsed(parser:str):
+    "A directive whose content is parsed with `parser` where it stands: rST (autodoc) in a notebook, MyST in a docstring."
+    from docutils.utils import new_document
+    from sphinx.util.docutils import SphinxDirective
+    class Parsed(SphinxDirective):
+        has_content = True
+        def run(self):
+            from myst_parser.mocking import MockRSTParser
+            from myst_parser.parsers.sphinx_ import MystParser
+            doc = self.state.document
+            new = new_document(doc['source'], doc.settings)
+            new.reporter = doc.reporter
+            {'rst': MockRSTParser, 'myst': MystParser}[parser]().parse('\n'.join(self.content), new)
+            for n in new.children:
+                if n.get('names'): doc.note_explicit_target(n, n)
+            return list(new.children)
+    return Parsed
+
+def _open_cache(app):
+    "Create MyST-NB's jupyter-cache before the parallel readers start: two creating its database at once collide."
+    from jupyter_cache import get_cache
+    if app.env.mystnb_config.execution_mode == 'cache': get_cache(app.env.mystnb_config.execution_cache_path).db
+
+def setup(app):
+    # the kernels MyST-NB starts inherit this environment: the notebooks run as under nbdev-test
+    for k, v in {'IN_TEST': '1', 'TOKENIZERS_PARALLELISM': 'false', 'HF_HUB_OFFLINE': '1'}.items(): os.environ.setdefault(k, v)
+    # MyST's `eval-rst` would do for `nbdev-api`, but it first pads the text with a blank line per line of its offset, and
+    # MyST-NB numbers the lines of notebook cell n from n*10000: seconds per API entry
+    app.add_directive('nbdev-api', _parsed('rst'))
+    app.add_directive('nbdev-markdown', _parsed('myst'))
+    app.connect('builder-inited', _open_cache)
+    app.connect('source-read', _source_read)
+    app.connect('autodoc-process-docstring', _docstring)
+    app.connect('doctree-resolved', _link_names)
+    return {'parallel_read_safe': True, 'parallel_write_safe': True}
+
+def cache_dir() -> Path:
+    "MyST-NB's jupyter-cache for the current `llm_nb` package: its outputs are stale once the code they import changes."
+    h = hashlib.sha256()
+    for p in sorted((ROOT/'llm_nb').glob('*.py')) + [ROOT/'pyproject.toml']: h.update(p.name.encode() + p.read_bytes())
+    return WORK/'jupyter_cache'/h.hexdigest()[:16]
+
+# ---------------------------------------------------------------- build
+
+_ANSI = re.compile(r'\x1b\[[0-?]*[ -/]*[@-~]')
+
+def _executed(cache:Path) -> dict[int, tuple[str, float]]:
+    "The executions kept in jupyter-cache `cache`: record id -> (notebook, seconds)."
+    if not cache.exists(): return {}
+    from jupyter_cache import get_cache
+    return {c.pk: (Path(c.uri).name, c.data.get('execution_seconds') or 0) for c in get_cache(str(cache)).list_cache_records()}
+
+def build(out:Path=ROOT/'_docs', workers:int=2, keep_going:bool=False, use_cache:bool=True, log=print) -> Path:
+    "Render every notebook into the site `out` (executing those the cache lacks); raises naming a notebook that fails."
+    t0, nbs, cache = time.time(), notebooks(), cache_dir()
     if not nbs: raise RuntimeError(f'no notebooks in {NBS}')
-    failed = execute_all(nbs, workers=workers, use_cache=use_cache, log=log)
-    if failed:
-        if not keep_going: raise RuntimeError(f'notebook(s) failed to execute (tracebacks on stderr): {", ".join(failed)}')
-        log(f'WARNING: {", ".join(failed)} failed; their pages show no outputs')
-    t1 = time.time()
-    proc = process(stage(nbs, strict=strict, log=log), workers=workers)
-    t2 = time.time()
-    src = to_sphinx(proc, nbs, log=log)
-    html = WORK/'html'          # MyST-NB writes images to the output folder's parent: keep that inside build/docs/
-    if html.exists(): shutil.rmtree(html)
-    warnings = sphinx(src, html, log=log)
+    if not (NBS/'index.ipynb').exists(): raise RuntimeError('nbs/index.ipynb is missing: it is the landing page')
+    for old in cache.parent.glob('*'):
+        if old != cache or not use_cache: shutil.rmtree(old)
+    html, warn = WORK/'html', WORK/'sphinx-warnings.txt'   # MyST-NB writes images next to the output folder: keep them in build/docs
+    shutil.rmtree(html, ignore_errors=True)
+    cached = _executed(cache).keys()
+    # a notebook that fails leaves its traceback in html/reports/ (MyST-NB), and the build goes on to report every one
+    cmd = [sys.executable, '-m', 'sphinx', '-b', 'html', '-E', '-q', '-j', str(max(1, workers)), '-c', str(CONF),
+           '-d', str(WORK/'doctrees'), '-w', str(warn), '-D', 'nb_execution_raise_on_error=0', '-D', 'nb_execution_show_tb=0', str(NBS), str(html)]
+    env = {**os.environ, 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // max(1, workers)))} if workers > 1 else None
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode: raise RuntimeError(f'sphinx failed ({r.returncode}):\n{r.stdout[-20000:]}\n{r.stderr[-20000:]}')
+    warnings = [l for l in warn.read_text().splitlines() if l.strip()] if warn.exists() else []
     for w in warnings: log(f'  sphinx: {w}')
+    failed = {p.name.removesuffix('.err.log'): _ANSI.sub('', p.read_text()) for p in sorted((html/'reports').glob('*.err.log'))}
+    for nb, tb in failed.items(): log(f'{nb}.ipynb failed:\n{tb}')
+    if failed and not keep_going: raise RuntimeError(f'notebook(s) failed to execute (tracebacks above): {", ".join(failed)}')
+    shutil.rmtree(html/'reports', ignore_errors=True)
+    ran = [v for k, v in _executed(cache).items() if k not in cached]
+    log(f'executed {len(ran)} notebook(s) ({len(nbs)-len(ran)} from the cache {cache}): ' + ', '.join(f'{n} {s:.0f}s' for n, s in ran))
     (html/'.nojekyll').touch()
-    if out.exists(): shutil.rmtree(out)
-    shutil.copytree(html, out)
-    log(f'built {out} ({len(nbs)} pages) in {time.time()-t0:.0f}s: execute {t1-t0:.0f}s, nbdev processing {t2-t1:.0f}s, '
-        f'render {time.time()-t2:.0f}s')
+    if out.resolve() != html.resolve():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(html, out)
+    log(f'built {out} ({len(nbs)} pages) in {time.time()-t0:.0f}s')
     return out
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--out', default=str(ROOT/'_docs'), help='output folder (default: _docs)')
-    ap.add_argument('--workers', type=int, default=2, help='parallel notebook executions (default: 2)')
-    ap.add_argument('--keep-going', action='store_true', help='build the site even if a notebook fails')
-    ap.add_argument('--strict', action='store_true', help='fail where nbdev-docs would (imports mixed with demo code)')
+    ap.add_argument('--workers', type=int, default=2, help='Sphinx processes, each reading (and executing) notebooks (default: 2)')
+    ap.add_argument('--keep-going', action='store_true', help='build the site even if a notebook fails (its page shows the error)')
     ap.add_argument('--no-cache', action='store_true', help='execute every notebook again')
     ap.add_argument('--sidebar', action='store_true', help='write nbs/sidebar.yml (the Quarto sidebar) and exit')
     a = ap.parse_args(argv)
     if a.sidebar:
         (NBS/'sidebar.yml').write_text(sidebar_yml()); print(f'wrote {NBS/"sidebar.yml"}'); return
-    try: build(Path(a.out).resolve(), workers=a.workers, keep_going=a.keep_going, strict=a.strict, use_cache=not a.no_cache)
+    try: build(Path(a.out).resolve(), workers=a.workers, keep_going=a.keep_going, use_cache=not a.no_cache)
     except RuntimeError as e: sys.exit(f'build_docs: {e}')
 
-if __name__ == '__main__':
-    # run as the importable module `build_docs`, so that the spawned notebook workers can unpickle `_execute`
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import build_docs
-    build_docs.main()
+if __name__ == '__main__': main()
