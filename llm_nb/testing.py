@@ -15,18 +15,18 @@ from .loop import Learner
 __all__ = ['tiny_gpt2', 'tiny_llama', 'tiny_rows', 'tiny_dl', 'tiny_learner']
 
 # %% ../nbs/05_testing.ipynb #e1b24169
-def tiny_gpt2(vocab:int=64, n_layer:int=2, n_embd:int=32, n_positions:int=16, dropout:float=0.0, seed:int=0) -> GPT2LMHeadModel:
-    "A seeded GPT-2 small enough for a unit test (2 heads); `dropout` sets every dropout probability."
+def tiny_gpt2(vocab:int=64, n_layer:int=2, n_embd:int=32, n_positions:int=16, dropout:float=0.0, seed:int=0, **config) -> GPT2LMHeadModel:
+    "A seeded GPT-2 small enough for a unit test (2 heads); `dropout` sets every dropout probability; `config` overrides or adds `GPT2Config` fields."
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab, n_positions=n_positions,
-                                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0))
+    return GPT2LMHeadModel(GPT2Config(**dict(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab, n_positions=n_positions, resid_pdrop=dropout,
+                                             embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=0, eos_token_id=0) | config))
 
 # %% ../nbs/05_testing.ipynb #b9fdff75
-def tiny_llama(vocab:int=64, n_layer:int=2, hidden:int=32, n_positions:int=16, kv_heads:int=2, seed:int=0) -> LlamaForCausalLM:
-    "A seeded Llama small enough for a unit test (2 attention heads, `kv_heads` key/value heads)."
+def tiny_llama(vocab:int=64, n_layer:int=2, hidden:int=32, n_positions:int=16, kv_heads:int=2, seed:int=0, **config) -> LlamaForCausalLM:
+    "A seeded Llama small enough for a unit test (2 attention heads, `kv_heads` key/value heads); `config` overrides or adds `LlamaConfig` fields."
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layer, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=2,
-                                        num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=n_positions))
+    return LlamaForCausalLM(LlamaConfig(**dict(num_hidden_layers=n_layer, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=2,
+                                               num_key_value_heads=kv_heads, vocab_size=vocab, max_position_embeddings=n_positions) | config))
 
 # %% ../nbs/05_testing.ipynb #a1cec9dd
 def tiny_rows(n:int=16, length:int=16, vocab:int=64, seed:int=0, **extra) -> list:

@@ -3,12 +3,12 @@ import copy, importlib.util, json, math, tempfile, warnings
 from pathlib import Path
 import pytest, torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
 from llm_nb.config import DataConfig, TrainingConfig
 from llm_nb.data import DataError
 from llm_nb.loop import Learner, make_optimizer
 from llm_nb.tokenisation import gpt2_tokenizer, train_tokenizer
 from llm_nb.sft import ensure_chat_template, prepare_model_for_chat
+from llm_nb.testing import tiny_gpt2
 from llm_nb.dpo import (pref_example, pref_examples, read_preference, preference_splits, encode_pair, encode_pairs, collate_dpo,
                         dpo_dataloader, dpo_losses, DPOTask, DPOMetricsCB, dpo_metrics, frozen_copy, precompute_ref_logps,
                         model_fingerprint, completion_logps, disable_dropout)
@@ -24,10 +24,7 @@ def small_tok(texts):
     "A 400-token byte-level BPE with ChatML: keeps the training tests' logits (and their run time) small."
     return ensure_chat_template(train_tokenizer(list(texts) + WORDS, vocab_size=400))
 
-def tiny(tok, seed):
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=len(tok),
-                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+def tiny(tok, seed): return tiny_gpt2(len(tok), n_embd=64, n_positions=256, seed=seed)
 
 WORDS = 'apple river stone cloud seven quietly bright under jump green north paper tiny open'.split()
 def plain_pairs(n=6, seed=0):

@@ -2,8 +2,8 @@
 import hashlib, json
 from pathlib import Path
 import pytest, torch
-from transformers import GPT2Config, GPT2LMHeadModel
 from llm_nb.cli import main
+from llm_nb.testing import tiny_gpt2
 from helpers import tiny_corpus, tiny_overrides, run_cli
 
 def exit_message(argv) -> str:
@@ -50,7 +50,7 @@ def test_config_not_utf8_names_file_and_line(tmp_path, out, name):
 
 def test_pickle_only_model_folder_refused(tmp_path, out):
     folder = tmp_path/'pickled'
-    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=1024, n_positions=64))
+    m = tiny_gpt2(1024, n_layer=1, n_positions=64, dropout=0.1)
     m.config.save_pretrained(folder); torch.save(m.state_dict(), folder/'pytorch_model.bin')   # what old transformers saved
     docs = tiny_corpus(tmp_path/'docs', n=2)
     before = hashes(folder, out)

@@ -2,24 +2,20 @@
 import json
 from pathlib import Path
 import pytest, torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM
 from peft import PeftModel
 from llm_nb.config import Config, ModelConfig, LoraConfig, TrainingConfig
 from llm_nb.model import count_params
 from llm_nb.loop import Learner, make_optimizer
 from llm_nb.checkpoint import save_hf
 from llm_nb.tokenisation import train_tokenizer
+from llm_nb.testing import tiny_gpt2, tiny_llama
 from llm_nb.lora import (auto_target_modules, peft_lora_config, add_lora, trainable_report, describe_trainable, load_quantised,
                          lora_model, save_adapter_state, load_adapter_state, merge_lora, is_peft)
 
 V = 100
-def gpt2(vocab=V):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=vocab, n_positions=64))
-def llama(vocab=V):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, num_key_value_heads=2,
-                                                        intermediate_size=128, vocab_size=vocab, max_position_embeddings=64))
+def gpt2(vocab=V): return tiny_gpt2(vocab, n_embd=64, n_positions=64, dropout=0.1)   # GPT-2's own dropout
+def llama(vocab=V): return tiny_llama(vocab, hidden=64, n_positions=64)
 IDS = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(0))
 NO_DROP = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0)
 

@@ -22,8 +22,8 @@ def test_domain_and_generation_names():
     assert {f'eval_{k}' for k in bleu_rouge(['a b c d'], ['a b c d'])} == set(GENERATION_METRICS)
 
 def test_lm_validation_names():
-    from transformers import GPT2Config, GPT2LMHeadModel
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=8))
+    from llm_nb.testing import tiny_gpt2
+    model = tiny_gpt2(32, n_layer=1, n_embd=16, n_positions=8, dropout=0.1)
     x = torch.randint(0, 32, (2, 8))
     learn = Learner(model, None, [dict(input_ids=x, labels=x)], task=LMTask(), opt=torch.optim.SGD(model.parameters(), lr=0.), mixed_precision='no')
     assert set(learn.validate()) == set(LM_EVAL_METRICS)

@@ -2,7 +2,6 @@
 import glob, logging, sys, types
 from pathlib import Path
 import pytest, torch
-from transformers import GPT2Config, GPT2LMHeadModel
 from llm_nb.loop import Learner, ClipGradCB, TrainMetricsCB, EvalCB, HistoryCB
 from llm_nb.model import flops_per_token
 from llm_nb.metrics import (MFUCB, PlotsCB, AlertsCB, WandbCB, plot_metrics, bleu_rouge,
@@ -94,8 +93,7 @@ def test_bleu_rouge_reference_values():
 def test_batched_generation_equals_one_at_a_time():
     from llm_nb.tokenisation import train_tokenizer
     tok = train_tokenizer(['the cat sat on the mat and the dog ran far away from home'] * 20, 300)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
-                                       bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+    model = tiny_gpt2(len(tok), n_positions=64, dropout=0.1, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     prompts = ['the cat', 'the dog ran far away', 'home']
     side = tok.padding_side
     batched = generate_batch(model, tok, prompts, max_new_tokens=6, batch_size=3)
@@ -205,9 +203,7 @@ def saved_lm(tmp_path_factory):
     from llm_nb.tokenisation import train_tokenizer
     d = tmp_path_factory.mktemp('lm')
     tok = train_tokenizer(['the cat sat on the mat and the dog ran far away from home'] * 20, 300)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=256,
-                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)).save_pretrained(d)
+    tiny_gpt2(len(tok), n_positions=256, dropout=0.1, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

@@ -138,12 +138,12 @@ def test_resuming_a_finished_run_keeps_one_record_per_step(run_copy, docs):
 # 3. merge-lora never writes over its inputs
 @pytest.fixture(scope='module')
 def adapter(tmp_path_factory):
-    from transformers import GPT2Config, GPT2LMHeadModel
     from peft import LoraConfig, get_peft_model
+    from llm_nb.testing import tiny_gpt2
     from llm_nb.tokenisation import train_tokenizer
     d = tmp_path_factory.mktemp('lora')
     tok = train_tokenizer(['hello world, hello there'] * 10, vocab_size=300)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=32)).save_pretrained(d/'base')
+    tiny_gpt2(len(tok), n_layer=1, n_positions=32, dropout=0.1).save_pretrained(d/'base')
     tok.save_pretrained(d/'base')
     from transformers import AutoModelForCausalLM
     m = get_peft_model(AutoModelForCausalLM.from_pretrained(d/'base'), LoraConfig(r=4, target_modules=['c_attn']))
@@ -200,11 +200,11 @@ def test_generate_fits_the_context_and_refuses_an_empty_prompt(finished):
         "llm_nb generate: error: the prompt is empty: give some text to continue"
 
 def test_a_pickle_only_model_folder_is_refused_with_the_reason(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from llm_nb.testing import tiny_gpt2
     from llm_nb.tokenisation import train_tokenizer
     d = tmp_path/'pickled'
     tok = train_tokenizer(['hello world, hello there'] * 10, vocab_size=300)
-    m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=32))
+    m = tiny_gpt2(len(tok), n_layer=1, n_positions=32, dropout=0.1)
     m.config.save_pretrained(d); tok.save_pretrained(d); torch.save(m.state_dict(), d/'pytorch_model.bin')
     before = tree_hash(d)
     for cmd in (['evaluate', '--model_path', d], ['generate', '--model_path', d, '--prompt', 'hello']):

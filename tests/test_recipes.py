@@ -3,11 +3,12 @@
 import json, math, random
 from pathlib import Path
 import pytest, torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from llm_nb.config import load_config
 from llm_nb.cli import train
 from llm_nb.tokenisation import load_tokenizer
 from llm_nb.config import TokenizerConfig
+from llm_nb.testing import tiny_gpt2
 from helpers import tiny_overrides, run_cli, tiny_corpus
 
 def chats(path, n=48):
@@ -21,8 +22,7 @@ def base(tmp_path_factory):
     "A tiny random GPT-2 with GPT-2's BPE, saved as a local HF folder: the 'pretrained' model LoRA adapts."
     d = tmp_path_factory.mktemp('base')
     tok = load_tokenizer(TokenizerConfig(name_or_path='gpt2'))
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=len(tok))).save_pretrained(d)
+    tiny_gpt2(len(tok), n_embd=64, n_positions=128, dropout=0.1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id).save_pretrained(d)
     tok.save_pretrained(d)
     return d
 

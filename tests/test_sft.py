@@ -2,7 +2,6 @@
 import json, importlib.util
 from pathlib import Path
 import pytest, torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from llm_nb.config import DataConfig
 from llm_nb.data import DataError
 from llm_nb.tokenisation import gpt2_tokenizer, train_tokenizer
@@ -10,6 +9,7 @@ from llm_nb.sft import (CHATML, IM_END, ensure_chat_template, stop_token_ids, pr
                         encode_text, encode_examples, read_sft, sft_splits, wants_sft, pack_examples,
                         collate_sft, SFTTask, sft_datasets, sft_dataloader)
 from llm_nb.losses import causal_lm_loss
+from llm_nb.testing import tiny_gpt2, tiny_llama
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
 
@@ -113,7 +113,7 @@ def test_bad_rows_name_file_and_record(tmp_path):
     with pytest.raises(DataError, match='preference'): read_sft(f, 'preference')
 
 def test_prepare_model_for_chat(tok):
-    m = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50257))
+    m = tiny_gpt2(50257, n_layer=1, n_positions=1024, dropout=0.1)
     prepare_model_for_chat(m, tok)
     assert m.get_input_embeddings().num_embeddings == len(tok)
     assert set(m.generation_config.eos_token_id) == {tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids('<|endoftext|>')}
@@ -132,14 +132,10 @@ def test_real_chats_match_reference(tok):
     assert (len(splits['train']), len(splits['validation'])) == (270, 30)
     assert wants_sft(DataConfig(train_file=str(DATA/'sft_en_demo.json')))
 
-def tiny(cfg_cls, **kw):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg_cls(**kw), attn_implementation='sdpa').eval()
-
 @pytest.mark.parametrize('arch', ['gpt2', 'llama'])
 def test_packed_logits_and_loss_equal_unpacked(arch):
-    m = (tiny(GPT2Config, n_layer=2, n_embd=64, n_head=2, vocab_size=120) if arch == 'gpt2' else
-         tiny(LlamaConfig, num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=120))
+    m = (tiny_gpt2(120, n_embd=64, n_positions=1024, dropout=0.1, attn_implementation='sdpa') if arch == 'gpt2' else
+         tiny_llama(120, hidden=64, n_positions=2048, num_attention_heads=4, attn_implementation='sdpa')).eval()
     g = torch.Generator().manual_seed(0)
     exs = []
     for n in (7, 12, 4, 9, 15, 3):
@@ -166,9 +162,7 @@ def test_packed_gradients_equal_unpacked(tok):
     "One training-mode step: the gradient of a packed batch equals that of the same examples padded."
     exs = encode_examples([to_example({'instruction': f'Double {i}.', 'output': f'{2 * i}'}) for i in range(10)], tok, 64)
     def grads(rows):
-        torch.manual_seed(0)
-        m = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
-                                                        resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).train()
+        m = tiny_gpt2(len(tok), n_positions=64).train()
         b, t = collate_sft(rows, tok.pad_token_id), SFTTask()
         t.loss(m, b, t.loss_denominator(b)).backward()
         return torch.cat([p.grad.flatten() for p in m.parameters()])
@@ -198,9 +192,7 @@ def test_sft_training_lowers_assistant_loss(tmp_path, packing):
     tok = ensure_chat_template(train_tokenizer(list(t for _, x in splits['train'] for m in x for t in [m['content']]), vocab_size=300))
     ds = sft_datasets(splits, tok, 64, packing)
     if packing: assert len(ds['train']) < 36 and all('position_ids' in r for r in ds['train'])
-    torch.manual_seed(0)
-    model = prepare_model_for_chat(AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=len(tok),
-                                                                               n_positions=64)), tok)
+    model = prepare_model_for_chat(tiny_gpt2(len(tok), n_embd=64, n_positions=64, dropout=0.1), tok)
     learn = Learner(model, sft_dataloader(ds['train'], 4, tok.pad_token_id, seed=0), sft_dataloader(ds['validation'], 8, tok.pad_token_id, train=False),
                     task=SFTTask(), opt=make_optimizer(model, TrainingConfig(learning_rate=3e-3)), max_steps=30, mixed_precision='no')
     before = learn.validate()['eval_loss']
