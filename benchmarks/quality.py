@@ -63,13 +63,14 @@ def hf_trainer(out:Path, seed:int, corpus:str, tokenizer_dir:Path, tuned:bool, m
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments, TrainerCallback
     from llm_nb.config import load_config, save_config
-    from llm_nb.data import load_splits, lm_datasets
+    from llm_nb.data import doc_splits
+    from llm_nb.store import lm_datasets
     from llm_nb.precision import cpu_has_native_bf16
     from llm_nb.model import build_model
     cfg = load_config(None, [f'seed={seed}', 'model.dropout=0.0' if tuned else 'model.dropout=0.1', *data_overrides(corpus)])
     save_config(cfg, out/'training_config.json')   # `llm_nb evaluate` scores the same validation split
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    blocks = lm_datasets(load_splits(cfg.data, cfg.seed), tok, cfg.model.max_length)['train']
+    blocks = lm_datasets(doc_splits(cfg.data, cfg.seed), tok, cfg.model.max_length)['train']
     ds = [dict(input_ids=b, labels=b) for b in blocks]
     class Budget(TrainerCallback):
         "Stop at the first step end past `limit_s` seconds, counted from the start of training or from step `time_from`."

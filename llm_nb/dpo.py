@@ -15,7 +15,8 @@ import torch, torch.nn.functional as F
 from torch import nn
 from safetensors.torch import save_file, load_file
 from .config import Config, DataConfig, DPOConfig
-from .data import DataError, epoch_loader, cache_dir
+from .data import DataError, epoch_loader, capped
+from .tokenisation import cache_dir
 from .callback import Callback
 from .losses import token_losses, fused_ce_supported, fused_token_losses, head_returns_hidden
 from .tasks import Task, TaskData, task_data, loader_kw, row_length
@@ -413,7 +414,7 @@ def read_splits(cls:DPOTask, cfg:Config) -> dict: return preference_splits(cfg.d
 
 # %% ../nbs/07_dpo.ipynb #371522aa
 @patch(cls_method=True)
-def texts(cls:DPOTask, examples): return preference_texts(examples)
+def texts(cls:DPOTask, examples, max_bytes:int): return capped(preference_texts(examples), max_bytes)
 
 # %% ../nbs/07_dpo.ipynb #84017867
 @patch(cls_method=True)

@@ -10,7 +10,8 @@ import math, warnings
 import numpy as np
 from torch.utils.data import Sampler
 from .config import ConfigError, DataConfig, SamplingConfig
-from .data import Blocks, DataError
+from .data import DataError
+from .store import Blocks
 from .callback import Callback
 
 # %% auto #0
@@ -275,19 +276,19 @@ def _domain_weights(scfg, names):
 # %% ../nbs/04_samplers.ipynb #a68b36df
 def train_sampler(scfg:SamplingConfig, dcfg:DataConfig, blocks:Blocks, batch_size:int, seed:int=0, rank:int=0, world_size:int=1,
                   logging_steps:int=100) -> tuple:
-    "The training sampler (None: the default `EpochSampler`) and the callbacks the sampling config asks for."
-    s, cbs, n = scfg, [], len(blocks)
+    "The training sampler (None: the default `EpochSampler`) and the callbacks the sampling config asks for; a mixture's blocks are drawn in its proportions."
+    s, cbs, n, mix = scfg, [], len(blocks), getattr(blocks, 'weights', None)
     if s.use_length_curriculum: cbs.append(LengthCurriculumCB(s.start_length, s.end_length, s.length_curriculum_steps))
-    if not (s.use_curriculum or s.use_dynamic_curriculum or s.use_domain_stratified or s.use_quality_weighting): return None, cbs
+    if not (s.use_curriculum or s.use_dynamic_curriculum or s.use_domain_stratified or s.use_quality_weighting or mix): return None, cbs
     curriculum = tracker = weights = domains = None
     if s.use_curriculum:
         key = 'length' if s.curriculum_strategy == 'length' else dcfg.difficulty_field
         curriculum = CurriculumSchedule(blocks.meta[key], s.curriculum_start_fraction, s.curriculum_epochs)
     if s.use_quality_weighting: weights = quality_weights(blocks.meta[dcfg.quality_field], dcfg.quality_field)
-    if s.use_domain_stratified: domains = blocks.meta['domain']
+    if s.use_domain_stratified or mix: domains = blocks.meta['domain']
     if s.use_dynamic_curriculum: tracker = DynamicCurriculumTracker(n)
     sampler = TrainSampler(n, batch_size, seed, rank, world_size, curriculum=curriculum, weights=weights, domains=domains,
-                           domain_weights=_domain_weights(s, blocks.domains) if domains is not None else None,
+                           domain_weights=mix or (_domain_weights(s, blocks.domains) if domains is not None else None),
                            tracker=tracker, dynamic_warmup=s.dynamic_curriculum_warmup)
     if tracker is not None: cbs.append(DynamicCurriculumCB(tracker, sampler, logging_steps))
     return sampler, cbs

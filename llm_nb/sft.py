@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 import torch
 from .config import DataConfig
-from .data import DataError, epoch_loader, read_records, split_examples
+from .data import DataError, capped, epoch_loader, read_records, split_examples
 from fastcore.basics import patch
 from .config import Config, check_sampling_applies
 from .tasks import LMTask, TaskData, task_data, loader_kw, row_length
@@ -254,7 +254,7 @@ def read_splits(cls:SFTTask, cfg:Config) -> dict: return sft_splits(cfg.data, cf
 
 # %% ../nbs/06a_sft.ipynb #51555905
 @patch(cls_method=True)
-def texts(cls:SFTTask, examples): return example_texts(examples)
+def texts(cls:SFTTask, examples, max_bytes:int): return capped(example_texts(examples), max_bytes)
 
 # %% ../nbs/06a_sft.ipynb #47ba9f99
 @patch(cls_method=True)

@@ -7,9 +7,9 @@ from llm_nb.distributed import launch_command
 from helpers import tiny_corpus, tiny_overrides, run_cli
 
 STEPS = 12
-def launch(n_proc, *args):
+def launch(n_proc, *args, **env_kw):
     cmd, env = launch_command(n_proc, *args, cpu=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, **env_kw})
 
 def overrides(out, data, batch, **kw):
     "Every run also scores generations (`pairs.jsonl` beside the data) and keeps the best model by `eval_bleu`."
@@ -29,9 +29,16 @@ def runs(tmp_path_factory):
                                    '{"prompt": "My fellow", "reference": "Americans, we meet tonight"}\n')
     single = run_cli('train', *overrides(tmp/'single', data, 8), env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = launch(2, 'train', *overrides(tmp/'ddp', data, 4))
+    # a cache of its own: both ranks find no tokenizer and no token store, and must make each once, without deadlock
+    ddp = launch(2, 'train', *overrides(tmp/'ddp', data, 4), LLM_NB_CACHE=str(tmp/'ddp-cache'))
     assert ddp.returncode == 0, ddp.stdout[-2000:] + ddp.stderr[-3000:]
     return tmp, data, ddp
+
+def test_two_ranks_prepare_the_data_once(runs):
+    tmp, _, ddp = runs
+    made = {kind: [p.name for p in (tmp/'ddp-cache'/kind).iterdir() if p.is_dir()] for kind in ('stores', 'tokenizers')}
+    assert [len(v) for v in made.values()] == [1, 1], made                    # one store and one tokenizer, shared by the ranks
+    assert not any(n.endswith('.partial') for v in made.values() for n in v)  # both complete
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(runs):
     tmp, _, ddp = runs

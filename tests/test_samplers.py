@@ -3,17 +3,21 @@ import json, math
 import numpy as np, pytest, torch, datasets
 from transformers import GPT2Config, GPT2LMHeadModel
 from llm_nb.config import ConfigError, DataConfig, SamplingConfig, load_config
-from llm_nb.data import Blocks, DataError, lm_datasets, lm_dataloader
+from llm_nb.data import DataError, lm_dataloader
+from llm_nb.store import Blocks, TokenStore, lm_datasets, write_store
 from llm_nb.samplers import (CurriculumSchedule, DynamicCurriculumCB, DynamicCurriculumTracker, LengthCurriculumCB, TrainSampler,
                              block_fields, check_sampling, curriculum_length, domain_quotas, quality_weights, shard, train_sampler)
 from llm_nb.loop import Learner
 from llm_nb.tasks import LMTask
 from llm_nb.checkpoint import save_checkpoint, load_checkpoint
 
-# ---------------------------------------------------------------- per-block metadata (02_data)
-def test_block_meta_matches_per_token_reference():
+# ---------------------------------------------------------------- per-block metadata (02a_store)
+def test_block_meta_matches_per_token_reference(tmp_path):
     "Packed blocks' metadata is the mean over their tokens of their documents' values (reference: expand per token)."
-    from llm_nb.data import make_blocks_meta
+    def make_blocks_meta(docs, T, eos, packing=True, doc_meta=None):
+        rows = [(i + 1, d, 0, {'q': doc_meta['q'][i]}) for i, d in enumerate(docs)]
+        st = TokenStore(write_store(tmp_path/f's{checked}-{packing}', rows, 64, eos, fields=['q']))
+        return Blocks(st, np.arange(len(docs)), T, packing, meta_fields=['q'])
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(40):
@@ -80,12 +84,16 @@ def _tiny_model(seed=0, vocab=64, n_pos=16):
     cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=vocab, n_positions=n_pos, resid_pdrop=0., embd_pdrop=0., attn_pdrop=0.)
     return GPT2LMHeadModel(cfg)
 
+class ListBlocks(list):
+    "Token blocks in memory with what the samplers read of `Blocks`: `meta` and `domains`."
+    def __init__(self, blocks, meta, domains): super().__init__(blocks); self.meta, self.domains = meta, domains
+
 def _blocks(n=8, T=16, vocab=64, seed=0, domains=None, quality=None):
     g = torch.Generator().manual_seed(seed)
     meta = {'length': np.full(n, T, dtype=float)}
     if domains is not None: meta['domain'] = np.asarray(domains)
     if quality is not None: meta['q'] = np.asarray(quality, dtype=float)
-    return Blocks(list(torch.randint(0, vocab, (n, T), generator=g)), meta, sorted({f'd{d}' for d in domains}) if domains is not None else None)
+    return ListBlocks(list(torch.randint(0, vocab, (n, T), generator=g)), meta, sorted({f'd{d}' for d in domains}) if domains is not None else None)
 
 def test_length_curriculum_in_the_loop_and_tracker_against_reference():
     "Rows grow 4 → 8 → 16 with tokens per batch constant; the tracker's averages equal the model's own per-row losses (lr 0)."
