@@ -194,6 +194,8 @@ def split_ids(n:int, validation_split:float, seed:int=42, where:str='the data') 
     return perm[n_val:], perm[:n_val]
 
 # %% ../nbs/02_data.ipynb #16d5c34d
+_seen = {}   # (file, size, mtime) of a source's files -> its fingerprint: hashed once per process
+
 def source_fingerprint(source, config=None, split:str='train') -> str:
     "What `source` holds, hashed: its files' names and bytes; a `Dataset`'s own fingerprint; a hub dataset's name, config and split."
     h = hashlib.blake2b(json.dumps([config, split]).encode(), digest_size=16)
@@ -201,10 +203,15 @@ def source_fingerprint(source, config=None, split:str='train') -> str:
     elif isinstance(source, datasets.IterableDataset) or not Path(source).exists(): h.update(repr(getattr(source, 'info', source)).encode())
     else:
         path = Path(source)
-        for f in sorted(p for p in ([path] if path.is_file() else path.rglob('*')) if p.is_file()):
-            h.update(str(f.relative_to(path)).encode() if path.is_dir() else b'')
-            with open(f, 'rb') as fh:
-                while chunk := fh.read(1 << 22): h.update(chunk)
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob('*')) if p.is_file())
+        stat = (config, split, str(path.resolve()), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+        if stat not in _seen:
+            for f in files:
+                h.update(str(f.relative_to(path)).encode() if path.is_dir() else b'')
+                with open(f, 'rb') as fh:
+                    while chunk := fh.read(1 << 22): h.update(chunk)
+            _seen[stat] = h.copy()
+        h = _seen[stat]
     return h.hexdigest()
 
 # %% ../nbs/02_data.ipynb #c51da259
