@@ -488,7 +488,7 @@ def eval_metrics(cfg:Config) -> list:
     names = list(DPO_EVAL_METRICS if cfg.training_type == 'dpo' else LM_EVAL_METRICS)
     if cfg.training_type == 'from_scratch': names.append('eval_bpb')   # bits per byte of the validation text
     if cfg.evaluation.generation_file: names += GENERATION_METRICS + (BERTSCORE_METRICS if cfg.evaluation.bertscore_model else ())
-    if cfg.data.domain_field and cfg.training_type != 'dpo': names += DOMAIN_METRICS
+    if (cfg.data.domain_field or cfg.data.mixture) and cfg.training_type != 'dpo': names += DOMAIN_METRICS   # a mixture's sources are its domains
     return names
 
 # %% ../nbs/00_config.ipynb #0903ec93
