@@ -21,7 +21,7 @@ from .loop import (Learner, make_scheduler, ClipGradCB, TrainMetricsCB, step_of,
                          JsonlCB, TimeBudgetCB)
 from .checkpoint import (CheckpointCB, BestModelCB, save_hf, load_checkpoint, latest_checkpoint, DiskFullError, CheckpointError,
                                is_disk_full, disk_full_message, OutputDirLock, claim_output_dir, clear_run_outputs, check_resume,
-                               resumed_max_steps, check_target)
+                               resumed_max_steps, check_target, export_hf)
 from .metrics import (MFUCB, GPUUtilCB, AlertsCB, WandbCB, PlotsCB, GenerationEvalCB, read_generation_pairs, check_bertscore_model,
                             generate_batch, bleu_rouge, bertscore)
 from .notify import EmailNotifyCB
@@ -30,7 +30,7 @@ from .lora import training_model, describe_trainable, is_peft, merge_lora, lora_
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
 from .convert import FORMATS, file_format, convert_command
-from .distributed import refuse_sharded
+from .distributed import refuse_sharded, shard_model
 from .dpo import DPOTask
 
 # %% auto #0
@@ -103,6 +103,7 @@ def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     if kind.chat: prepare_model_for_chat(model, tok)
     d = kind.prepare(cfg, splits, tok, model, acc)
     if t.compile: compile_model(model)  # in place, block by block: parameter names, checkpoints and exports stay plain
+    if t.fsdp: shard_model(model, t.fsdp_sharding, acc.mixed_precision)   # before the optimizer: it must hold the shards
     opt = build_optimizer(model, t)
     if ck is not None: d.max_steps = resumed_max_steps(meta, t, d.max_steps, acc.num_processes)
     learn = Learner(model, d.train_dl, d.valid_dl, technique_task(t, d.task), opt, make_scheduler(opt, t, d.max_steps),
@@ -138,7 +139,10 @@ def prepare(cfg:Config) -> dict:
 # %% ../nbs/11_cli.ipynb #f9032ada
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
-    t_start, acc = time.time(), refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: saving does not gather shards
+    t_start, acc = time.time(), refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: accelerate's own sharding is not driven
+    if cfg.training.fsdp and acc.num_processes == 1:
+        raise ConfigError('training.fsdp=true in one process: there is nothing to shard over; launch with accelerate launch --num_processes N '
+                          '(N >= 2, see configs/accelerate/), or drop training.fsdp')
     if cfg.evaluation.generation_file: read_generation_pairs(cfg.evaluation.generation_file)  # a bad row stops the run before any work
     keep_freed_memory()   # a process-wide allocator choice (see precision): made here, explicitly, for the CPU's sake
     lock, ck, meta = claim_run(cfg, acc)
@@ -168,7 +172,7 @@ def _train(cfg:Config, config_file, ck, meta, acc, t_start:float) -> Learner:
     if learn.stop_reason == 'interrupted':   # not finished: no final/, and `main` exits 128 + the signal's number
         acc.print(f"Interrupted at step {step_of(learn)}; no final/ (the run did not finish).")
         return learn
-    if acc.is_main_process: save_hf(learn.raw_model, learn.tok, out/'final')
+    export_hf(learn, learn.tok, out/'final')   # under FSDP every process: the shards are gathered first
     last = {k: v for r in learn.history for k, v in r.items()}
     hours, shown = cfg.training.max_training_hours, headline(learn.task, last)   # the budget is the training loop's: say so, and print both times
     acc.print(f"Done in {(time.time() - t_start)/60:.1f} min ({learn.state.elapsed/60:.1f} min of training" + (' over every session' if ck else '') +

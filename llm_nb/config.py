@@ -168,6 +168,8 @@ class TrainingConfig:
     sample_every_steps: int = ranged(0, '>=0', '0 = never')       # 0 = never
     sample_max_new_tokens: int = ranged(40, '>0')
     aux_contrastive_weight: float = ranged(0.0, '>=0')  # code-vs-prose contrastive loss on pooled hidden states (labels: data.domain_field)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes of a launch (FSDP2), instead of DDP's copies
+    fsdp_sharding: str = choice('full_shard', ['full_shard', 'shard_grad_op'])  # shard_grad_op keeps gathered parameters from forward to backward
 
 # %% ../nbs/00_config.ipynb #32500756
 TIME_SCHEDULES = ('warmup_stable_decay', 'constant', 'constant_with_warmup')   # need no step count in advance
@@ -571,6 +573,19 @@ def _check_mixture(cfg:Config):
         if on: raise ConfigError(f'data.mixture and {key}: the mixture names the training sources, their domains (one per source) and their weights; give one or the other')
     if cfg.training_type in ('sft', 'dpo'): raise ConfigError(f'data.mixture mixes pretraining documents; training_type={cfg.training_type} reads examples from data.train_file')
 
+# %% ../nbs/00_config.ipynb #8d0c0212
+_NOT_WITH_FSDP = {'training_type=lora': lambda c: c.training_type == 'lora', 'training_type=dpo': lambda c: c.training_type == 'dpo',
+                  'training.use_ema': lambda c: c.training.use_ema, 'training.use_cpu_offload': lambda c: c.training.use_cpu_offload,
+                  'training.compile': lambda c: c.training.compile, 'training.sample_prompts': lambda c: bool(c.training.sample_prompts),
+                  'evaluation.generation_file': lambda c: bool(c.evaluation.generation_file)}
+
+def _check_fsdp(cfg:Config):
+    "What does not run under `training.fsdp` yet, refused by name: these keep a full copy of the weights, or run the model on rank 0 alone."
+    if not cfg.training.fsdp: return
+    if clash := [k for k, on in _NOT_WITH_FSDP.items() if on(cfg)]:
+        raise ConfigError(f"training.fsdp=true with {', '.join(clash)}: not supported under FSDP yet (each needs the whole model on one process); "
+                          'use DDP (training.fsdp=false) for this run')
+
 # %% ../nbs/00_config.ipynb #de21e5aa
 def check_combinations(cfg:Config, given:dict|None=None):
     "Raise `ConfigError` naming the keys of settings that cannot work together; with the raw dict `given`, also keys set to no effect."
@@ -588,6 +603,7 @@ def check_combinations(cfg:Config, given:dict|None=None):
     _check_budget(t)
     _check_sampling(cfg)
     _check_mixture(cfg)
+    _check_fsdp(cfg)
     if t.aux_contrastive_weight > 0 and not cfg.data.domain_field:
         raise ConfigError('training.aux_contrastive_weight > 0 needs data.domain_field: the contrastive loss pulls together samples of one domain')
     _check_type(cfg)
@@ -637,6 +653,7 @@ def unused_reason(cfg:Config, key:str) -> str|None:
     if key.startswith('dpo.') and t != 'dpo': return f'only training_type=dpo uses the dpo section (this run: {t})'
     if key in _PRETRAINED_SHAPE and cfg.model.name_or_path: return 'a pretrained model (model.name_or_path) brings its own architecture, sizes and dropout'
     if key in ('tokenizer.vocab_size', 'tokenizer.train_sample_mb') and cfg.tokenizer.name_or_path: return 'only a tokenizer trained here (tokenizer.name_or_path=null) takes a size'
+    if key == 'training.fsdp_sharding' and not cfg.training.fsdp: return 'only sharded training (training.fsdp=true) has a sharding strategy'
     if key == 'evaluation.bertscore_model' and not cfg.evaluation.generation_file: return 'BERTScore scores generations: set evaluation.generation_file'
     return None
 

@@ -78,7 +78,7 @@ def file_format(path) -> str|None:
 
 # %% ../nbs/00a_convert_config.ipynb #a0fb5a44
 ACCELERATE = ("no config key: run on several GPUs with `accelerate launch --config_file configs/accelerate/ddp.yaml -m llm_nb train "
-              "--config ...` (DDP; FSDP and DeepSpeed are refused today)")
+              "--config ...` (DDP; add training.fsdp=true to shard with FSDP2)")
 RENAMES = {  # source key -> llm_nb key, where the names differ
     'model_name_or_path': 'model.name_or_path', 'lora_r': 'lora.r', 'lora_target_modules': 'lora.target_modules',
     'max_seq_length': 'model.max_length', 'train_batch_size': 'training.per_device_train_batch_size',

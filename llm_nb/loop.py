@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from accelerate.utils import broadcast
 from fastcore.basics import patch
 from transformers import get_scheduler
@@ -122,7 +123,8 @@ class Learner:
         self.train_dl, self.valid_dl, self.task = train_dl, valid_dl, task or LMTask()
         self.max_steps, self.grad_accum = max_steps, grad_accum
         opt = opt or make_optimizer(model, TrainingConfig())
-        self.model, self.opt = self.acc.prepare(model, opt)
+        # a model that FSDP shards (llm_nb.distributed.shard_model) synchronises its own gradients: no DDP wrapper around it
+        self.model, self.opt = (model, self.acc.prepare(opt)) if isinstance(model, FSDPModule) else self.acc.prepare(model, opt)
         self.sched, self.cbs = sched, sorted(cbs, key=lambda c: c.order)
         self.state, self.history, self.record, self.stop_reason = TrainState(), [], {}, None
         self.loss, self.error = None, None
@@ -279,6 +281,13 @@ def check(self:Learner):
     "Fire `check`: every callback refuses now, before anything is trained or written, a run it cannot serve."
     self.event('check')
 
+# %% ../nbs/05_loop.ipynb #37a449dc
+@patch
+def missing_forwards(self:Learner, n:int) -> int:
+    "Under FSDP every process must run as many forward passes as the others (each one gathers parameters with them): how many this one, after `n`, lacks."
+    if self.acc.num_processes == 1 or not isinstance(self.model, FSDPModule): return 0
+    return int(self.acc.gather(torch.tensor([n], device=self.acc.device)).max()) - n
+
 # %% ../nbs/05_loop.ipynb #28b5cc8b
 @patch
 def validate(self:Learner, dl=None, prefix='eval_') -> dict:
@@ -289,9 +298,11 @@ def validate(self:Learner, dl=None, prefix='eval_') -> dict:
     was_training, tot = self.model.training, None
     self.model.eval()
     with torch.no_grad():
-        for b in dl:
+        n = 0
+        for n, b in enumerate(dl, 1):
             with self.acc.autocast(): s = self.task.eval_sums(self.model, _to(b, self.acc.device))
             tot = s if tot is None else {k: tot[k] + s[k] for k in tot}
+        for _ in range(self.missing_forwards(n)): self.task.eval_sums(self.model, _to(b, self.acc.device))   # results unused
     if was_training: self.model.train()
     total = lambda v: self.acc.reduce(torch.as_tensor(v, device=self.acc.device).float().reshape(-1), 'sum').cpu().reshape(torch.as_tensor(v).shape)
     self.metrics = self.task.eval_metrics({k: total(v) for k, v in tot.items()}, prefix)
@@ -308,6 +319,7 @@ class ClipGradCB(Callback):
     def before_step(self, learn):
         "Publishes, for this step only, `learn.grad_norm` (a tensor: no host sync) and `learn.grad_clipped` (whether it was above `max_norm`)."
         norm = learn.acc.clip_grad_norm_(learn.model.parameters(), self.max_norm if self.max_norm > 0 else float('inf')).detach()
+        if hasattr(norm, 'full_tensor'): norm = norm.full_tensor()   # sharded parameters: the global norm, as a plain tensor
         learn.grad_norm, learn.grad_clipped = norm, norm > self.max_norm if self.max_norm > 0 else torch.zeros((), dtype=torch.bool)
 
 # %% ../nbs/05_loop.ipynb #769df3de

@@ -2,7 +2,7 @@
 the same global batch, one writer (rank 0), a resume that continues the curve, and rank 0's generation metrics on every rank."""
 import json, os, subprocess
 from pathlib import Path
-import pytest
+import pytest, torch
 from llm_nb.distributed import launch_command
 from helpers import tiny_corpus, tiny_overrides, run_cli
 
@@ -82,3 +82,52 @@ def test_time_budget_under_ddp_stops_every_rank_at_the_same_step(runs):
     last = history(out)[-1]
     assert 10 < last['step'] < 100000 and (out/'checkpoints'/'time-limit').exists() and (out/'final'/'model.safetensors').exists()
     assert any(p.name.startswith('epoch-') for p in (out/'checkpoints').iterdir()), 'the run crossed epoch boundaries'
+
+# ---------------------------------------------------------------- FSDP2 (training.fsdp=true)
+def fsdp_overrides(out, data, batch, **kw):
+    "The DDP runs' settings without generation (rank 0 generates alone, which a sharded model cannot)."
+    return tiny_overrides(out, data, steps=STEPS, **{'training.per_device_train_batch_size': batch, 'training.logging_steps': 1,
+                          'training.eval_steps': 6, 'training.save_steps': 6, 'training.mixed_precision': 'no',
+                          'logging.report_to': '[jsonl]', **kw})
+
+@pytest.fixture(scope='module')
+def fsdp(runs):
+    tmp, data, _ = runs
+    sharded = launch(2, 'train', *fsdp_overrides(tmp/'fsdp', data, 4, **{'training.fsdp': 'true'}))
+    assert sharded.returncode == 0, sharded.stdout[-2000:] + sharded.stderr[-3000:]
+    ck = tmp/'fsdp'/'checkpoints'/'step-6'
+    again = launch(2, 'train', *fsdp_overrides(tmp/'fsdp-resumed', data, 4, **{'training.fsdp': 'true', 'training.resume_from': ck}))
+    assert again.returncode == 0, again.stderr[-3000:]
+    one = run_cli('train', *fsdp_overrides(tmp/'fsdp-on-one', data, 8, **{'training.resume_from': ck}), env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert one.returncode == 0, one.stderr[-3000:]
+    return tmp
+
+def test_fsdp_two_ranks_match_one_process(fsdp):
+    one, two = curve(fsdp/'single'), curve(fsdp/'fsdp')
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for s in one: assert abs(one[s] - two[s]) < 2e-3, (s, one[s], two[s])
+    ev1, ev2 = curve(fsdp/'single', 'eval_loss'), curve(fsdp/'fsdp', 'eval_loss')
+    assert sorted(ev2) == [6, 12] and all(abs(ev1[s] - ev2[s]) < 2e-3 for s in ev2)   # every validation block, once
+
+def test_fsdp_checkpoint_resumes_exactly_on_the_same_ranks_and_on_one_process(fsdp):
+    full, resumed, one = curve(fsdp/'fsdp'), curve(fsdp/'fsdp-resumed'), curve(fsdp/'fsdp-on-one')
+    assert [resumed[s] for s in range(7, STEPS + 1)] == [full[s] for s in range(7, STEPS + 1)]   # bit for bit
+    for s in range(7, STEPS + 1): assert abs(one[s] - full[s]) < 2e-3, (s, one[s], full[s])     # gathered: any number of ranks
+
+def test_fsdp_final_is_the_gathered_model(fsdp):
+    from transformers import AutoModelForCausalLM
+    from safetensors.torch import load_file
+    model = AutoModelForCausalLM.from_pretrained(fsdp/'fsdp'/'final')
+    gathered = load_file(fsdp/'fsdp'/'checkpoints'/'step-12'/'model.safetensors')
+    sd = model.state_dict()
+    assert gathered and all(torch.equal(sd[k], v) for k, v in gathered.items())
+    assert json.loads((fsdp/'fsdp'/'final'/'config.json').read_text())['architectures'] == ['GPT2LMHeadModel']
+    assert json.loads((fsdp/'fsdp'/'checkpoints'/'step-12'/'trainer_state.json').read_text())['sharded'] is True
+
+def test_fsdp_refusals(tmp_path):
+    from llm_nb.cli import main
+    with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/one', 'training.fsdp=true'])
+    assert 'training.fsdp=true in one process: there is nothing to shard over' in str(e.value.code)
+    assert not (tmp_path/'one').exists()
+    with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/ema', 'training.fsdp=true', 'training.use_ema=true'])
+    assert 'training.fsdp=true with training.use_ema: not supported under FSDP yet' in str(e.value.code)
