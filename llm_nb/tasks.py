@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
 from .config import Config, TrainingConfig, epochs_to_run
-from .data import DataError, TextSample, as_split, doc_splits, lm_dataloader
+from .data import DataError, TextSample, split_parts, doc_splits, lm_dataloader
 from .store import lm_datasets, token_store
 from .samplers import check_sampling, block_fields, train_sampler
 from .losses import n_targets, token_losses, fused_ce_supported, head_returns_hidden, head_ce, next_token_rows, fused_token_losses
@@ -186,7 +186,7 @@ def read_splits(cls:LMTask, cfg:Config) -> dict: return doc_splits(cfg.data, cfg
 
 # %% ../nbs/04c_tasks.ipynb #047903db
 @patch(cls_method=True)
-def texts(cls:LMTask, examples, max_bytes:int): return TextSample(as_split(examples), max_bytes)
+def texts(cls:LMTask, examples, max_bytes:int): return TextSample(examples, max_bytes)
 
 # %% ../nbs/04c_tasks.ipynb #3e83f4b9
 @patch(cls_method=True)
@@ -210,8 +210,7 @@ def prepare_data(cls:LMTask, cfg:Config, splits:dict, tok) -> dict:
     "Each split's token store, written now unless cached: `{split: 'N documents, T tokens in FOLDER'}`."
     f, out = block_fields(cfg.sampling, cfg.data), {}
     for name, sp in splits.items():
-        sp = as_split(sp)
-        for label, part in zip(getattr(sp, 'names', [None]), getattr(sp, 'parts', [sp])):
+        for label, part, _ in split_parts(sp):
             st = token_store(part, tok, tuple(f['meta_fields']), f['group_field'])
             ids = part.ids(len(st))
             out[name + (f' ({label})' if label else '')] = f"{len(ids)} documents, {int(st.lengths[ids].sum())} tokens, in {st.folder}"
