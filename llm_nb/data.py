@@ -44,7 +44,7 @@ def _open(path):
     if path.suffix == '.gz': return gzip.open(path, 'rb')
     if path.suffix != '.zst': return open(path, 'rb')
     try: import zstandard
-    except ImportError: raise DataError(f"{path}: reading .zst files needs the zstandard package: pip install zstandard") from None
+    except ImportError: raise DataError(f"{path}: reading .zst files needs the zstandard package (an llm_nb dependency): pip install zstandard") from None
     return io.BufferedReader(zstandard.open(path, 'rb'))   # its reader has no readline: buffered, it reads line by line
 
 # %% ../nbs/02_data.ipynb #bb2f1c65
