@@ -10,12 +10,12 @@ import errno, fcntl, hashlib, json, os, random, shutil, signal, socket, sys, tim
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
-import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
-from transformers import AutoModelForCausalLM
 from safetensors.torch import save_model, load_model
+from transformers import AutoModelForCausalLM
 from .lora import is_peft, save_adapter_state, load_adapter_state
 from .config import STRATEGIES, greater_is_better
 from .loop import TrainState, finished_epoch, ClipGradCB
@@ -25,9 +25,10 @@ from .techniques import eval_metric
 
 # %% auto #0
 __all__ = ['RUN_RESULTS', 'RUN_OUTPUTS', 'FIXED_ON_RESUME', 'FREE_ON_RESUME', 'CheckpointError', 'DiskFullError', 'is_disk_full',
-           'disk_full_message', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf', 'export_hf',
-           'check_target', 'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint',
-           'is_sharded', 'unsharded', 'gather_state', 'load_sharded', 'load_checkpoint', 'callback_states',
+           'disk_full_message', 'raise_if_disk_full', 'atomic_folder', 'verify_folder', 'tensor_bytes', 'save_hf',
+           'export_hf', 'check_target', 'rng_state', 'set_rng_state', 'save_weights', 'load_weights', 'save_checkpoint',
+           'is_sharded', 'state_options', 'model_state', 'shard_state', 'write_shards', 'load_shards',
+           'named_optimizer_state', 'load_full_into_shards', 'gathered_weights', 'load_checkpoint', 'callback_states',
            'latest_checkpoint', 'OutputDirError', 'OutputDirLock', 'run_results', 'clear_run_outputs',
            'claim_output_dir', 'resume_changes', 'check_resume', 'resumed_max_steps', 'CheckpointCB', 'BestModelCB']
 
@@ -53,33 +54,39 @@ def disk_full_message(path, need:int=0) -> str:
             f"{shutil.disk_usage(where).free / 2**20:,.1f} MB are free")
 
 # %% ../nbs/09_checkpointing.ipynb #e4fe9c40
+def raise_if_disk_full(e:BaseException, path, need:int=0):
+    "Raise a `DiskFullError` naming `path` and the `need`ed bytes if `e` came from (or with) a full disk."
+    full = is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(Path(path).parent).free < 2**20)  # torch.save says only "unexpected pos"
+    if full: raise DiskFullError(f"{disk_full_message(path, need)} ({type(e).__name__}: {str(e)[:200]})") from None
+
+# %% ../nbs/09_checkpointing.ipynb #343c30c8
 def _umask() -> int:
     m = os.umask(0); os.umask(m); return m
 _UMASK = _umask()   # read once, at import: setting it briefly to 0 later could race with other threads' files
 
-# %% ../nbs/09_checkpointing.ipynb #343c30c8
+# %% ../nbs/09_checkpointing.ipynb #ae1edebe
 def _sha256(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
     return h.hexdigest()
 
-# %% ../nbs/09_checkpointing.ipynb #ae1edebe
+# %% ../nbs/09_checkpointing.ipynb #800709f7
 def _fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
-# %% ../nbs/09_checkpointing.ipynb #800709f7
-def atomic_folder(path, write, need:int=0):
+# %% ../nbs/09_checkpointing.ipynb #bed15ff3
+def atomic_folder(path, write, need:int=0, tmp=None):
     """Call `write(tmp_folder)`, add a manifest, fsync, then rename to `path` (replacing it). Nothing half-written
-    survives; a full disk raises `DiskFullError` naming `path` and the `need`ed bytes. Files get the user's umask."""
+    survives; a full disk raises `DiskFullError` naming `path` and the `need`ed bytes. Files get the user's umask.
+    `tmp`: a temporary folder other processes have already written their part into (sharded checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent/f'.{path.name}.tmp-{os.getpid()}'
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is None: tmp = path.parent/f'.{path.name}.tmp-{os.getpid()}'; shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=True)
         write(tmp)
         files = sorted(p for p in tmp.rglob('*') if p.is_file())
         manifest = {str(p.relative_to(tmp)): dict(size=p.stat().st_size, sha256=_sha256(p)) for p in files}
@@ -93,13 +100,12 @@ def atomic_folder(path, write, need:int=0):
         _fsync(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
-        full = is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(path.parent).free < 2**20)  # torch.save says only "unexpected pos"
         shutil.rmtree(tmp, ignore_errors=True)
-        if full: raise DiskFullError(f"{disk_full_message(path, need)} ({type(e).__name__}: {str(e)[:200]})") from None
+        raise_if_disk_full(e, path, need)
         raise
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #bed15ff3
+# %% ../nbs/09_checkpointing.ipynb #66135ebc
 def verify_folder(path):
     "Check every file of `path` against its manifest; raise `CheckpointError` naming the first bad one."
     path = Path(path)
@@ -114,27 +120,27 @@ def verify_folder(path):
         if _sha256(f) != info['sha256']: raise CheckpointError(f"{f}: checksum mismatch (corrupt)")
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #20408993
+# %% ../nbs/09_checkpointing.ipynb #0defaed3
 def tensor_bytes(tensors) -> int:
     "Bytes of the tensors among `tensors` (a rough size of what saving them writes)."
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
-# %% ../nbs/09_checkpointing.ipynb #0defaed3
-def save_hf(model, tok, path):
-    "Save `model` (unwrapped) and `tok` as a standard HF folder, atomically."
+# %% ../nbs/09_checkpointing.ipynb #98ad4d6c
+def save_hf(model, tok, path, state_dict:dict|None=None):
+    "Save `model` (unwrapped; with `state_dict` instead of its own, if given) and `tok` as a standard HF folder, atomically."
     def write(tmp):
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({} if state_dict is None else dict(state_dict=state_dict)))
         if tok is not None: tok.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
     return atomic_folder(path, write, need=tensor_bytes(p for p in model.parameters() if p.requires_grad or not is_peft(model)))
 
-# %% ../nbs/09_checkpointing.ipynb #98ad4d6c
+# %% ../nbs/09_checkpointing.ipynb #92462fd6
 def export_hf(learn, tok, path):
     "`save_hf` of `learn`'s model by the main process; under FSDP every process calls it, and the shards are gathered first."
-    full = gather_state(learn)
-    if learn.acc.is_main_process: save_hf(learn.raw_model if full is None else full[0], tok, path)
+    full = gathered_weights(learn.raw_model)
+    if learn.acc.is_main_process: save_hf(learn.raw_model, tok, path, full)
 
-# %% ../nbs/09_checkpointing.ipynb #0af22655
+# %% ../nbs/09_checkpointing.ipynb #381f3884
 def check_target(path, overwrite:bool=False, inputs=(), flag:str='--overwrite') -> Path:
     "Refuse to write a model folder at `path` over one of its `inputs` (or inside, or around one), or over a non-empty folder without `overwrite`."
     path = Path(path).absolute().resolve()
@@ -148,34 +154,34 @@ def check_target(path, overwrite:bool=False, inputs=(), flag:str='--overwrite') 
         raise FileExistsError(f"{path} exists and is not empty; choose a new folder, or pass {flag} to replace it")
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #09366bb9
+# %% ../nbs/09_checkpointing.ipynb #0d1de139
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return dict(python=random.getstate(), numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
-# %% ../nbs/09_checkpointing.ipynb #0d1de139
+# %% ../nbs/09_checkpointing.ipynb #41482cc3
 def set_rng_state(s:dict):
     random.setstate(s['python'])
     np.random.set_state((s['numpy'][0], np.array(s['numpy'][1], dtype=np.uint32), *s['numpy'][2:]))
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/09_checkpointing.ipynb #41482cc3
+# %% ../nbs/09_checkpointing.ipynb #7d7e9b65
 def _versions():
     import transformers, accelerate
     from llm_nb import __version__
     return dict(llm_nb=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=accelerate.__version__, python=sys.version.split()[0])
 
-# %% ../nbs/09_checkpointing.ipynb #f41130a9
+# %% ../nbs/09_checkpointing.ipynb #27189232
 def save_weights(model, folder):
     "The trainable state of `model` as safetensors in `folder`: the full model, or only a peft model's adapter."
     folder = Path(folder)
     if is_peft(model): save_adapter_state(model, folder/'adapter.safetensors')
     else: save_model(model, str(folder/'model.safetensors'))
 
-# %% ../nbs/09_checkpointing.ipynb #27189232
+# %% ../nbs/09_checkpointing.ipynb #c9b9f51f
 def load_weights(model, folder):
     "Load what `save_weights` wrote into `model`; a missing, unexpected or misshapen tensor is an error naming the file."
     folder = Path(folder)
@@ -190,17 +196,20 @@ def load_weights(model, folder):
     except Exception as e:  # a misshapen tensor (RuntimeError) or an unreadable file (SafetensorError), named
         raise CheckpointError(f"{f}: cannot load into this model ({type(e).__name__}: {str(e)[:300]})") from None
 
-# %% ../nbs/09_checkpointing.ipynb #c9b9f51f
+# %% ../nbs/09_checkpointing.ipynb #89844a69
 def save_checkpoint(learn, path, config:dict|None=None, tok=None):
-    "Write everything needed to resume `learn` (and its tokenizer) into the folder `path`, atomically; under FSDP every process calls it and the main one writes."
-    full = gather_state(learn)
+    """Write everything needed to resume `learn` (and its tokenizer) into the folder `path`, atomically. Under FSDP a
+    collective: every process writes its shards of the model and optimizer state, in parallel, and the main one the rest."""
+    sharded = is_sharded(learn.raw_model)
+    need = tensor_bytes(learn.raw_model.parameters()) + tensor_bytes(t for s in learn.opt.state.values() for t in s.values())
+    tmp = write_shards(learn, path, need) if sharded else None
     if not learn.acc.is_main_process: return None
-    opt_bytes = tensor_bytes(t for s in learn.opt.state.values() for t in s.values())
     def write(tmp):
-        save_weights(learn.raw_model if full is None else full[0], tmp)
+        if not sharded:
+            save_weights(learn.raw_model, tmp)
+            torch.save(learn.opt.state_dict(), tmp/'optimizer.pt')
         for c in learn.cbs:
             if hasattr(c, 'save_tensors'): c.save_tensors(tmp)
-        torch.save(learn.opt.state_dict() if full is None else full[1], tmp/'optimizer.pt')
         extra = dict(rng=rng_state())
         if learn.sched is not None: extra['scheduler'] = learn.sched.state_dict()
         if learn.acc.scaler is not None: extra['scaler'] = learn.acc.scaler.state_dict()
@@ -210,61 +219,108 @@ def save_checkpoint(learn, path, config:dict|None=None, tok=None):
         if rec: hist = hist[:-1] + [{**hist[-1], **rec}] if hist and hist[-1]['step'] == rec['step'] else hist + [rec]
         meta = dict(state=asdict(learn.state), history=hist,
                     max_steps=learn.max_steps, callbacks={type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()},
-                    config=config, num_processes=learn.acc.num_processes, sharded=full is not None, versions=_versions())
+                    config=config, num_processes=learn.acc.num_processes, sharded=sharded, versions=_versions())
         (tmp/'trainer_state.json').write_text(json.dumps(meta, indent=1))
-    return atomic_folder(path, write, need=tensor_bytes(learn.raw_model.parameters()) + opt_bytes)
+    return atomic_folder(path, write, need, tmp)
 
-# %% ../nbs/09_checkpointing.ipynb #f8a52469
+# %% ../nbs/09_checkpointing.ipynb #e31881bf
 def is_sharded(model) -> bool:
     "Whether FSDP2 shards `model`'s parameters over the processes."
     return isinstance(model, FSDPModule)
 
-# %% ../nbs/09_checkpointing.ipynb #e31881bf
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-def unsharded(model, state:dict):
-    "A plain copy of the HF model `model` (sharded or not) holding the full `state`: what a saved folder holds."
-    plain = AutoModelForCausalLM.from_config(model.config)
-    plain.load_state_dict(state)
-    plain.generation_config = model.generation_config
-    return plain
-
 # %% ../nbs/09_checkpointing.ipynb #58e35e40
-def gather_state(learn) -> tuple|None:
-    """Under FSDP, `(unsharded model, optimizer state by parameter name)` on the main process and `(None, None)` on the
-    others — a collective, so every process calls it; `None` when the model is not sharded."""
-    model = learn.raw_model
-    if not is_sharded(model): return None
-    opt = getattr(learn.opt, 'optimizer', learn.opt)
-    sd, osd = get_model_state_dict(model, options=_FULL), get_optimizer_state_dict(model, opt, options=_FULL)
-    return (unsharded(model, sd), osd) if dist.get_rank() == 0 else (None, None)
+def state_options(model, **kw) -> StateDictOptions:
+    "DCP state-dict options for `model`: a peft model's frozen base is left out (it is `model.name_or_path`'s, unchanged)."
+    return StateDictOptions(ignore_frozen_params=is_peft(model), strict=not is_peft(model), **kw)
+
+def _inner(opt): return getattr(opt, 'optimizer', opt)   # accelerate wraps the torch optimizer
+
+def model_state(model, **kw) -> dict:
+    "`model`'s state by parameter name as DCP reads and writes it (`kw`: more `StateDictOptions`); of a peft model, the trainable part."
+    sd = get_model_state_dict(model, options=state_options(model, **kw))
+    if not is_peft(model): return sd
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}   # `ignore_frozen_params` alone keeps a head tied to the frozen embedding
+    return {k: v for k, v in sd.items() if k in keep}
 
 # %% ../nbs/09_checkpointing.ipynb #13fd4d3f
-def load_sharded(learn, folder, opt_state):
-    "Every process: the full weights of checkpoint `folder` and the optimizer state `opt_state`, each process keeping its shard."
-    model, opt = learn.raw_model, getattr(learn.opt, 'optimizer', learn.opt)
-    plain = AutoModelForCausalLM.from_config(model.config)
-    load_weights(plain, folder)
-    set_model_state_dict(model, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
-    set_optimizer_state_dict(model, opt, opt_state, options=StateDictOptions(full_state_dict=True))
+def shard_state(learn) -> dict:
+    "This process's part of `learn`'s model and optimizer state, by parameter name: its shards under FSDP, all of it otherwise."
+    model = learn.raw_model
+    return dict(model=model_state(model), optimizer=get_optimizer_state_dict(model, _inner(learn.opt), options=state_options(model)))
 
 # %% ../nbs/09_checkpointing.ipynb #b313fd0e
+def write_shards(learn, path, need:int=0) -> Path:
+    "A collective: every process writes its `shard_state` into `sharded/` of checkpoint `path`'s temporary folder, which it returns."
+    path = Path(path)
+    tmp = path.parent/f'.{path.name}.tmp-sharded'   # one name for every process
+    if learn.acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
+    learn.acc.wait_for_everyone()
+    try: dcp.save(shard_state(learn), checkpoint_id=tmp/'sharded')   # a failure on any process is raised on all of them
+    except BaseException as e:
+        if learn.acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(e, path, need)
+        raise
+    return tmp
+
+# %% ../nbs/09_checkpointing.ipynb #1db90ddd
+def load_shards(learn, folder):
+    "A collective: every process reads its part of `folder`'s sharded state, whatever number of processes wrote it."
+    model, state, o = learn.raw_model, shard_state(learn), state_options(learn.raw_model)   # the structure to fill
+    dcp.load(state, checkpoint_id=Path(folder)/'sharded')
+    set_model_state_dict(model, state['model'], options=o)
+    set_optimizer_state_dict(model, _inner(learn.opt), state['optimizer'], options=o)
+
+# %% ../nbs/09_checkpointing.ipynb #0a321a15
+def named_optimizer_state(model, opt, state:dict) -> dict:
+    "`opt`'s saved `state` with parameters named as in `model`, not numbered (torch's `state_dict` numbers them in `opt`'s order)."
+    if all(isinstance(k, str) for k in state['state']): return state
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g['params']]
+    return dict(state={order[i]: s for i, s in state['state'].items()},
+                param_groups=[{**g, 'params': [order[i] for i in g['params']]} for g in state['param_groups']])
+
+# %% ../nbs/09_checkpointing.ipynb #9dbc1970
+def load_full_into_shards(learn, folder, opt_state):
+    "Every process: the full weights of `folder` (one process wrote them) and optimizer state `opt_state`, each keeping its shard."
+    model, opt = learn.raw_model, _inner(learn.opt)
+    if is_peft(model): raise CheckpointError(f"{folder}: an unsharded LoRA checkpoint cannot continue under FSDP; resume it with training.fsdp=false")
+    plain = AutoModelForCausalLM.from_config(model.config)
+    load_weights(plain, folder)   # the tied embedding under whichever name the file keeps
+    set_model_state_dict(model, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, opt, named_optimizer_state(model, opt, opt_state), options=StateDictOptions(full_state_dict=True))
+
+# %% ../nbs/09_checkpointing.ipynb #3773f60f
+def gathered_weights(model) -> dict|None:
+    """A collective under FSDP: `model`'s whole state dict (trainable part of a peft model) on the main process, in CPU
+    memory, `{}` on the others; `None` when `model` is not sharded (it holds everything itself)."""
+    if not is_sharded(model): return None
+    return model_state(model, full_state_dict=True, cpu_offload=True)
+
+# %% ../nbs/09_checkpointing.ipynb #32589674
 def _safe_load(path):
     try: return torch.load(path, weights_only=True)
     except Exception as e:  # weights_only refuses pickled code; anything else is corruption
         raise CheckpointError(f"{path}: refusing to load: not plain tensors and numbers ({type(e).__name__}: {str(e)[:200]})") from None
 
-# %% ../nbs/09_checkpointing.ipynb #1db90ddd
-def _restore_optimizer(learn, opt_state, sched_state, path):
-    "The saved moments and schedule position, under this run's hyper-parameters (learning rates, betas, weight decay)."
+# %% ../nbs/09_checkpointing.ipynb #459315a4
+def _restore_state(learn, path):
+    "The saved weights and optimizer moments (sharded or not, into a sharded model or not), under this run's hyper-parameters."
     hyper = [{k: v for k, v in g.items() if k != 'params'} for g in learn.opt.param_groups]
+    model, sharded = learn.raw_model, (path/'sharded').exists()
+    opt_state = None if sharded else _safe_load(path/'optimizer.pt')
+    if not sharded and not is_sharded(model): load_weights(model, path)
     try:
-        if is_sharded(learn.raw_model): load_sharded(learn, path, opt_state)
-        elif any(isinstance(k, str) for k in opt_state['state']):   # saved under FSDP: by parameter name
-            set_optimizer_state_dict(learn.raw_model, getattr(learn.opt, 'optimizer', learn.opt), opt_state, options=StateDictOptions(full_state_dict=True))
+        if sharded: load_shards(learn, path)
+        elif is_sharded(model): load_full_into_shards(learn, path, opt_state)
         else: learn.opt.load_state_dict(opt_state)
-    except (ValueError, KeyError, RuntimeError) as e: raise CheckpointError(f"{path/'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
+    except CheckpointError: raise
+    except Exception as e:   # DCP wraps what a process met in a CheckpointException
+        where = path/'sharded' if sharded else path/'optimizer.pt'
+        raise CheckpointError(f"{where}: does not fit this run's model and optimizer ({type(e).__name__}: {str(e)[:300]})") from None
     for g, h in zip(learn.opt.param_groups, hyper): g.update(h)
+
+def _restore_schedule(learn, sched_state):
+    "The schedule's position, with this run's peak learning rates."
     if learn.sched is None or sched_state is None: return
     if not isinstance(learn.sched, torch.optim.lr_scheduler.LambdaLR): return learn.sched.load_state_dict(sched_state)  # a scheduler of one's own
     base = learn.sched.base_lrs
@@ -274,7 +330,7 @@ def _restore_optimizer(learn, opt_state, sched_state, path):
     for g, lr in zip(learn.opt.param_groups, lrs): g['lr'] = lr
     learn.sched._last_lr = lrs
 
-# %% ../nbs/09_checkpointing.ipynb #5e1a10fe
+# %% ../nbs/09_checkpointing.ipynb #2f285b63
 def _resume_position(learn, meta):
     "Continue at the first sample not yet trained on, whatever batch size and process count consumed the others."
     st, t, n = learn.state, (meta.get('config') or {}).get('training', {}), learn.acc.num_processes
@@ -284,18 +340,21 @@ def _resume_position(learn, meta):
     st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', n) // n
     st.batch_in_epoch = st.samples_in_epoch // bs
 
-# %% ../nbs/09_checkpointing.ipynb #0a321a15
+# %% ../nbs/09_checkpointing.ipynb #6c21b711
 def load_checkpoint(learn, path, verify:bool=True):
     "Restore `learn` from checkpoint folder `path` (verified first unless the caller just did)."
     path = verify_folder(path) if verify else Path(path)
     meta = json.loads((path/'trainer_state.json').read_text())
-    opt_state, extra = _safe_load(path/'optimizer.pt'), _safe_load(path/'state.pt')
-    if not is_sharded(learn.raw_model): load_weights(learn.raw_model, path)   # else with the optimizer state, below
-    _restore_optimizer(learn, opt_state, extra.get('scheduler'), path)
+    extra = _safe_load(path/'state.pt')
+    _restore_state(learn, path)
+    _restore_schedule(learn, extra.get('scheduler'))
     if learn.acc.scaler is not None and 'scaler' in extra: learn.acc.scaler.load_state_dict(extra['scaler'])
     set_rng_state(extra['rng'])
     learn.state, learn.history = TrainState(**meta['state']), meta['history']
     _resume_position(learn, meta)
+    if (n := meta.get('num_processes', 1)) != learn.acc.num_processes:
+        learn.acc.print(f"{path} was written by {n} process(es) and continues on {learn.acc.num_processes}: the same weights, optimizer "
+                        "state and next sample, but gradients now sum in another order, so the curve goes on closely, not bit for bit")
     states = callback_states(meta['callbacks'], learn)
     for c in learn.cbs:
         if type(c).__name__ in states: c.load_state_dict(states[type(c).__name__])
@@ -310,12 +369,12 @@ def callback_states(saved:dict, learn) -> dict:
         saved['TrainMetricsCB'] = dict(saved['TrainMetricsCB'], norms=old, clipped=[bool(mx > 0 and n > mx) for n in old])
     return saved
 
-# %% ../nbs/09_checkpointing.ipynb #32589674
+# %% ../nbs/09_checkpointing.ipynb #58546d4e
 def _step_of(path):
     try: return json.loads((path/'trainer_state.json').read_text())['state']['step']
     except Exception: return -1
 
-# %% ../nbs/09_checkpointing.ipynb #459315a4
+# %% ../nbs/09_checkpointing.ipynb #bb6efef0
 def latest_checkpoint(folder):
     "The newest checkpoint under `folder` that passes verification, or None."
     folder = Path(folder)
@@ -325,13 +384,13 @@ def latest_checkpoint(folder):
         except CheckpointError as e: warnings.warn(f"skipping invalid checkpoint: {e}")
     return None
 
-# %% ../nbs/09_checkpointing.ipynb #6c21b711
+# %% ../nbs/09_checkpointing.ipynb #d066cfc2
 class OutputDirError(CheckpointError):
     "An output folder that holds another run's results, or that another run is using; the message says what to do."
 
 _HELD_LOCKS = set()  # descriptors of the output-folder locks this process holds
 
-# %% ../nbs/09_checkpointing.ipynb #014009dd
+# %% ../nbs/09_checkpointing.ipynb #9c9ebd0f
 def _drop_locks_in_child():
     """A forked child (a DataLoader worker) points its copies at /dev/null: the lock must die with the run, not with its
     last worker (a `flock` lives while any copy of its descriptor is open). Not `close`: the number must not be reused."""
@@ -342,7 +401,7 @@ def _drop_locks_in_child():
 
 os.register_at_fork(after_in_child=_drop_locks_in_child)
 
-# %% ../nbs/09_checkpointing.ipynb #b5c19639
+# %% ../nbs/09_checkpointing.ipynb #7b6c1d31
 class OutputDirLock:
     "Exclusive use of a run's output folder while the run lives: `flock` on `<out>/.llm_nb.lock`, released at any exit."
     def __init__(self, out): self.out, self.file = Path(out), None
@@ -368,7 +427,7 @@ class OutputDirLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-# %% ../nbs/09_checkpointing.ipynb #bb6efef0
+# %% ../nbs/09_checkpointing.ipynb #0f276b38
 RUN_RESULTS = ('final', 'best', 'checkpoints', 'training_config.json', 'loss_history.json')   # what makes a folder a run's
 RUN_OUTPUTS = (*RUN_RESULTS, 'plots', 'tensorboard', 'wandb', 'metrics.jsonl', 'samples.jsonl', 'config_used.yaml',
                'config_used.yml', 'config_used.json')                                            # everything a run writes
@@ -377,7 +436,7 @@ def run_results(out) -> list:
     "Names in `out` that hold a run's results (an empty `checkpoints/` does not count)."
     return [n for n in RUN_RESULTS if (p := Path(out)/n).exists() and not (p.is_dir() and not any(p.iterdir()))]
 
-# %% ../nbs/09_checkpointing.ipynb #b6592208
+# %% ../nbs/09_checkpointing.ipynb #b8e5267f
 def clear_run_outputs(out) -> list:
     "Delete what a run writes in `out` (for `training.overwrite_output_dir`; call it once the new run is known to start)."
     out = Path(out)
@@ -386,7 +445,7 @@ def clear_run_outputs(out) -> list:
     if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
     return gone
 
-# %% ../nbs/09_checkpointing.ipynb #d066cfc2
+# %% ../nbs/09_checkpointing.ipynb #5a73a5d9
 def claim_output_dir(out, resume_from=None, overwrite:bool=False):
     """What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start
     afresh. With `overwrite` the previous run's outputs stay until the caller has built the new run (`clear_run_outputs`)."""
@@ -410,7 +469,7 @@ def claim_output_dir(out, resume_from=None, overwrite:bool=False):
                              f"({', '.join(found)}); resume into a new output_dir")
     return verify_folder(ck)
 
-# %% ../nbs/09_checkpointing.ipynb #7b6c1d31
+# %% ../nbs/09_checkpointing.ipynb #9d14aa52
 FIXED_ON_RESUME = ('training_type', 'seed', 'model', 'tokenizer', 'data', 'lora', 'sampling', 'dpo',
                    'training.use_llrd', 'training.use_cpu_offload', 'training.use_ema')  # sections/keys a resume cannot change
 FREE_ON_RESUME = ('model.dropout', 'model.attention_dropout', 'model.gradient_checkpointing', 'data.test_file',
@@ -420,7 +479,7 @@ def _flat(d:dict) -> dict:
     "`section.key: value` (a dict value, such as `sampling.domain_weights`, compared whole)."
     return {k2: v2 for k, v in d.items() for k2, v2 in ({f'{k}.{f}': x for f, x in v.items()}.items() if isinstance(v, dict) else [(k, v)])}
 
-# %% ../nbs/09_checkpointing.ipynb #d1a575b0
+# %% ../nbs/09_checkpointing.ipynb #e44dd961
 def resume_changes(saved:dict, new:dict) -> tuple:
     "The settings of `new` that differ from a checkpoint's `saved` config: `(refused, accepted)`, each line 'key: old → new'."
     a, b = _flat(saved), _flat(new)
@@ -431,7 +490,7 @@ def resume_changes(saved:dict, new:dict) -> tuple:
         (refused if fixed else accepted).append(f"{k}: {a[k]!r} → {b[k]!r}")
     return refused, accepted
 
-# %% ../nbs/09_checkpointing.ipynb #b8e5267f
+# %% ../nbs/09_checkpointing.ipynb #a649f07e
 def check_resume(ck, config:dict) -> dict:
     "Refuse to continue checkpoint `ck` under a `config` it cannot continue, listing why; say what changes. Returns its metadata."
     f = Path(ck)/'trainer_state.json'
@@ -445,7 +504,7 @@ def check_resume(ck, config:dict) -> dict:
     if accepted: print(f"Resuming {ck} with changed settings, applied from step {meta['state']['step'] + 1}:\n  " + '\n  '.join(accepted))
     return meta
 
-# %% ../nbs/09_checkpointing.ipynb #5a73a5d9
+# %% ../nbs/09_checkpointing.ipynb #5adc1a52
 def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     """The run's length in optimizer steps when it resumes checkpoint `meta` with training config `t` (`fresh`: the length
     from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
@@ -456,7 +515,7 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     step = meta['state']['step']
     return fresh if old == new else step + max(0, fresh - round(step * old / new))
 
-# %% ../nbs/09_checkpointing.ipynb #e44dd961
+# %% ../nbs/09_checkpointing.ipynb #19158448
 class CheckpointCB(Callback):
     "Checkpoints under `<output_dir>/checkpoints`: periodic by `strategy` (`steps`, `epoch` or `no`), at the time limit and on a signal."
     order = 200   # before EMACB (210): in after_validate it sees the EMA weights, in after_step and after_fit the raw ones
@@ -501,7 +560,7 @@ class CheckpointCB(Callback):
         for s, h in self._old.items(): signal.signal(s, h)
         if learn.stop_reason == 'time-limit': self.save(learn, 'time-limit')
 
-# %% ../nbs/09_checkpointing.ipynb #a649f07e
+# %% ../nbs/09_checkpointing.ipynb #476c9606
 class BestModelCB(Callback):
     "Export an HF folder to `<output_dir>/best` each time `metric` improves; skip, with a warning, an evaluation without it."
     order = 190   # before EMACB (210), which swaps the EMA weights in for validation and out after it

@@ -574,7 +574,7 @@ def _check_mixture(cfg:Config):
     if cfg.training_type in ('sft', 'dpo'): raise ConfigError(f'data.mixture mixes pretraining documents; training_type={cfg.training_type} reads examples from data.train_file')
 
 # %% ../nbs/00_config.ipynb #8d0c0212
-_NOT_WITH_FSDP = {'training_type=lora': lambda c: c.training_type == 'lora', 'training_type=dpo': lambda c: c.training_type == 'dpo',
+_NOT_WITH_FSDP = {'model.load_in_4bit': lambda c: c.model.load_in_4bit, 'model.load_in_8bit': lambda c: c.model.load_in_8bit,
                   'training.use_ema': lambda c: c.training.use_ema, 'training.use_cpu_offload': lambda c: c.training.use_cpu_offload,
                   'training.compile': lambda c: c.training.compile, 'training.sample_prompts': lambda c: bool(c.training.sample_prompts),
                   'evaluation.generation_file': lambda c: bool(c.evaluation.generation_file)}
@@ -583,7 +583,7 @@ def _check_fsdp(cfg:Config):
     "What does not run under `training.fsdp` yet, refused by name: these keep a full copy of the weights, or run the model on rank 0 alone."
     if not cfg.training.fsdp: return
     if clash := [k for k, on in _NOT_WITH_FSDP.items() if on(cfg)]:
-        raise ConfigError(f"training.fsdp=true with {', '.join(clash)}: not supported under FSDP yet (each needs the whole model on one process); "
+        raise ConfigError(f"training.fsdp=true with {', '.join(clash)}: not supported under FSDP (quantised weights cannot be sharded; the others need the whole model on one process); "
                           'use DDP (training.fsdp=false) for this run')
 
 # %% ../nbs/00_config.ipynb #de21e5aa

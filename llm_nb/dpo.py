@@ -325,6 +325,7 @@ class DPOTask(Task):
 
     def loss_denominator(self, batch): return torch.tensor(batch['input_ids'].shape[0] // 2, device=batch['input_ids'].device)   # pairs
     def n_samples(self, batch): return batch['input_ids'].shape[0] // 2
+    def frozen_models(self) -> list: return [self.ref_model] if self.ref_model is not None else []
 
     def reference_logps(self, model, batch) -> tuple:
         "Reference log-probs of the batch's chosen and rejected completions (see the three ways above)."

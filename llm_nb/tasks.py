@@ -32,6 +32,7 @@ class Task:
     def loss(self, model, batch, denominator) -> torch.Tensor: raise NotImplementedError
     def eval_sums(self, model, batch) -> dict: raise NotImplementedError
     def eval_metrics(self, sums:dict, prefix:str='eval_') -> dict: raise NotImplementedError
+    def frozen_models(self) -> list: return []   # models it runs besides the trained one (a reference): sharded like it under FSDP
     @classmethod
     def read_splits(cls, cfg:Config) -> dict: raise NotImplementedError
     @classmethod

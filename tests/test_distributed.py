@@ -1,6 +1,6 @@
 """`llm_nb train` under `accelerate launch` with two CPU processes (gloo): the same loss curve as one process with
 the same global batch, one writer (rank 0), a resume that continues the curve, and rank 0's generation metrics on every rank."""
-import json, os, subprocess
+import json, os, signal, subprocess, time
 from pathlib import Path
 import pytest, torch
 from llm_nb.distributed import launch_command
@@ -90,16 +90,35 @@ def fsdp_overrides(out, data, batch, **kw):
                           'training.eval_steps': 6, 'training.save_steps': 6, 'training.mixed_precision': 'no',
                           'logging.report_to': '[jsonl]', **kw})
 
+def _step_saved(out, name):
+    return (Path(out)/'checkpoints'/name/'manifest.json').exists()   # renamed into place complete: its manifest is there
+
+def launch_and_kill(out, args, when):
+    "Launch `llm_nb train args` on 2 ranks and kill -9 the whole job (launcher and ranks) as soon as `when(out)` holds."
+    cmd, env = launch_command(2, 'train', *args, cpu=True)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not when(out) and p.poll() is None and time.time() < deadline: time.sleep(0.05)
+    assert p.poll() is None, f'the run ended before it could be killed: {p.stderr.read()[-2000:]}'
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    assert not (Path(out)/'final').exists()
+
 @pytest.fixture(scope='module')
 def fsdp(runs):
     tmp, data, _ = runs
-    sharded = launch(2, 'train', *fsdp_overrides(tmp/'fsdp', data, 4, **{'training.fsdp': 'true'}))
+    on = {'training.fsdp': 'true'}
+    sharded = launch(2, 'train', *fsdp_overrides(tmp/'fsdp', data, 4, **on))
     assert sharded.returncode == 0, sharded.stdout[-2000:] + sharded.stderr[-3000:]
-    ck = tmp/'fsdp'/'checkpoints'/'step-6'
-    again = launch(2, 'train', *fsdp_overrides(tmp/'fsdp-resumed', data, 4, **{'training.fsdp': 'true', 'training.resume_from': ck}))
+    # the same run killed with SIGKILL once step 6 is saved, then continued from the newest complete checkpoint
+    launch_and_kill(tmp/'fsdp-killed', fsdp_overrides(tmp/'fsdp-killed', data, 4, **on), lambda o: _step_saved(o, 'step-6'))
+    again = launch(2, 'train', *fsdp_overrides(tmp/'fsdp-killed', data, 4, **on, **{'training.resume_from': 'latest'}))
     assert again.returncode == 0, again.stderr[-3000:]
+    ck = tmp/'fsdp'/'checkpoints'/'step-6'
     one = run_cli('train', *fsdp_overrides(tmp/'fsdp-on-one', data, 8, **{'training.resume_from': ck}), env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert one.returncode == 0, one.stderr[-3000:]
+    # the single-process run's checkpoint (unsharded files) continued on 2 sharded ranks
+    grown = launch(2, 'train', *fsdp_overrides(tmp/'fsdp-from-single', data, 4, **on, **{'training.resume_from': tmp/'single'/'checkpoints'/'step-6'}))
+    assert grown.returncode == 0, grown.stderr[-3000:]
     return tmp
 
 def test_fsdp_two_ranks_match_one_process(fsdp):
@@ -109,20 +128,85 @@ def test_fsdp_two_ranks_match_one_process(fsdp):
     ev1, ev2 = curve(fsdp/'single', 'eval_loss'), curve(fsdp/'fsdp', 'eval_loss')
     assert sorted(ev2) == [6, 12] and all(abs(ev1[s] - ev2[s]) < 2e-3 for s in ev2)   # every validation block, once
 
-def test_fsdp_checkpoint_resumes_exactly_on_the_same_ranks_and_on_one_process(fsdp):
-    full, resumed, one = curve(fsdp/'fsdp'), curve(fsdp/'fsdp-resumed'), curve(fsdp/'fsdp-on-one')
-    assert [resumed[s] for s in range(7, STEPS + 1)] == [full[s] for s in range(7, STEPS + 1)]   # bit for bit
-    for s in range(7, STEPS + 1): assert abs(one[s] - full[s]) < 2e-3, (s, one[s], full[s])     # gathered: any number of ranks
+def full_state(ck) -> dict:
+    "A sharded checkpoint's state, consolidated by torch's own converter (not llm_nb's loader)."
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(Path(ck)/'sharded', Path(ck).parent/f'{Path(ck).name}.pt')
+    return torch.load(Path(ck).parent/f'{Path(ck).name}.pt', weights_only=True)
+
+def test_fsdp_checkpoints_are_sharded_by_every_rank_and_verified(fsdp):
+    ck = fsdp/'fsdp'/'checkpoints'/'step-12'
+    files = sorted(p.name for p in (ck/'sharded').iterdir())
+    assert files == ['.metadata', '__0_0.distcp', '__1_0.distcp'], files   # one file per rank, written in parallel
+    assert not (ck/'model.safetensors').exists() and not (ck/'optimizer.pt').exists()
+    assert {'sharded/.metadata', 'sharded/__0_0.distcp', 'sharded/__1_0.distcp'} <= set(json.loads((ck/'manifest.json').read_text()))
+    assert json.loads((ck/'trainer_state.json').read_text())['sharded'] is True
+    assert not [p.name for p in (fsdp/'fsdp'/'checkpoints').iterdir() if p.name.startswith('.')]   # no temporary folder left
+
+def test_fsdp_kill9_resumes_exactly_and_continues_on_other_rank_counts(fsdp):
+    from safetensors.torch import load_file
+    full, resumed, one, grown, single = (curve(fsdp/n) for n in ('fsdp', 'fsdp-killed', 'fsdp-on-one', 'fsdp-from-single', 'single'))
+    assert resumed == full                                                                        # bit for bit, every step
+    a, b = load_file(fsdp/'fsdp'/'final'/'model.safetensors'), load_file(fsdp/'fsdp-killed'/'final'/'model.safetensors')
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for s in range(7, STEPS + 1): assert abs(one[s] - full[s]) < 2e-3, (s, one[s], full[s])      # 2 sharded ranks → 1 process
+    for s in range(7, STEPS + 1): assert abs(grown[s] - single[s]) < 2e-3, (s, grown[s], single[s])  # 1 process → 2 sharded ranks
 
 def test_fsdp_final_is_the_gathered_model(fsdp):
     from transformers import AutoModelForCausalLM
-    from safetensors.torch import load_file
     model = AutoModelForCausalLM.from_pretrained(fsdp/'fsdp'/'final')
-    gathered = load_file(fsdp/'fsdp'/'checkpoints'/'step-12'/'model.safetensors')
+    saved = full_state(fsdp/'fsdp'/'checkpoints'/'step-12')['model']
     sd = model.state_dict()
-    assert gathered and all(torch.equal(sd[k], v) for k, v in gathered.items())
+    assert saved.keys() <= sd.keys() and all(torch.equal(sd[k], v) for k, v in saved.items())
     assert json.loads((fsdp/'fsdp'/'final'/'config.json').read_text())['architectures'] == ['GPT2LMHeadModel']
-    assert json.loads((fsdp/'fsdp'/'checkpoints'/'step-12'/'trainer_state.json').read_text())['sharded'] is True
+
+LORA_STEPS = 8
+def lora_overrides(out, data, base, batch, **kw):
+    return fsdp_overrides(out, data, batch, **{'training_type': 'lora', 'model.name_or_path': base, 'training.max_steps': LORA_STEPS,
+                          'training.eval_steps': 4, 'training.save_steps': 4, 'model.gradient_checkpointing': 'true', **kw})
+
+def dpo_overrides(out, pairs, base, batch, **kw):
+    return fsdp_overrides(out, pairs, batch, **{'training_type': 'dpo', 'model.name_or_path': base, 'training.max_steps': 6,
+                          'training.eval_steps': 3, 'training.save_steps': 3, 'data.validation_split': 0.25, **kw})
+
+@pytest.fixture(scope='module')
+def fsdp_finetunes(fsdp):
+    "LoRA (with activation checkpointing) and DPO (full, against a frozen reference copy) on 2 sharded ranks and on 1 process."
+    tmp, base = fsdp, fsdp/'fsdp'/'final'
+    data = tmp/'docs'
+    pairs = tmp/'pairs-dpo.jsonl'
+    pairs.write_text(''.join(json.dumps(dict(prompt=f'Question {i}: the state of the', chosen=' Union is strong and growing.',
+                                              rejected=' weather is unknown to me.')) + '\n' for i in range(16)))
+    one_proc = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    for name, args in (('lora', lambda o, b, **k: lora_overrides(o, data, base, b, **k)), ('dpo', lambda o, b, **k: dpo_overrides(o, pairs, base, b, **k))):
+        r = run_cli('train', *args(tmp/f'{name}-one', 8), env=one_proc)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = launch(2, 'train', *args(tmp/f'{name}-fsdp', 4, **{'training.fsdp': 'true'}))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return tmp
+
+@pytest.mark.parametrize('name', ['lora', 'dpo'])
+def test_fsdp_finetunes_match_one_process(fsdp_finetunes, name):
+    one, two = curve(fsdp_finetunes/f'{name}-one'), curve(fsdp_finetunes/f'{name}-fsdp')
+    assert sorted(two) == sorted(one) and len(two) >= 6
+    for s in one: assert abs(one[s] - two[s]) < 2e-3, (s, one[s], two[s])
+
+def test_fsdp_lora_saves_the_adapter_only(fsdp_finetunes):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    tmp = fsdp_finetunes
+    final = tmp/'lora-fsdp'/'final'
+    assert (final/'adapter_model.safetensors').exists() and not (final/'model.safetensors').exists()
+    adapter = load_file(final/'adapter_model.safetensors')
+    assert adapter and all('lora_' in k for k in adapter)
+    ck = full_state(tmp/'lora-fsdp'/'checkpoints'/f'step-{LORA_STEPS}')['model']
+    assert ck and all('lora_' in k for k in ck)                                   # the frozen base is not in the checkpoint
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp/'fsdp'/'final'), final)
+    sd = {k.replace('.default', ''): v for k, v in model.state_dict().items()}
+    assert all(torch.equal(sd[k], v) for k, v in adapter.items())
+    mine = {k.replace('.default', ''): v for k, v in ck.items()}
+    assert all(torch.equal(adapter[k], mine[k]) for k in adapter)                # final/ = the sharded state at the last step
 
 def test_fsdp_refusals(tmp_path):
     from llm_nb.cli import main
@@ -130,4 +214,4 @@ def test_fsdp_refusals(tmp_path):
     assert 'training.fsdp=true in one process: there is nothing to shard over' in str(e.value.code)
     assert not (tmp_path/'one').exists()
     with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/ema', 'training.fsdp=true', 'training.use_ema=true'])
-    assert 'training.fsdp=true with training.use_ema: not supported under FSDP yet' in str(e.value.code)
+    assert 'training.fsdp=true with training.use_ema: not supported under FSDP' in str(e.value.code)
