@@ -30,7 +30,7 @@ from .lora import training_model, describe_trainable, is_peft, merge_lora, lora_
 from .techniques import build_optimizer, technique_task, technique_callbacks
 from .lr_find import lr_find
 from .convert import FORMATS, file_format, convert_command
-from .distributed import refuse_sharded, shard_model
+from .distributed import refuse_sharded, shard_model, take_fsdp_launch
 from .dpo import DPOTask
 
 # %% auto #0
@@ -140,6 +140,7 @@ def prepare(cfg:Config) -> dict:
 # %% ../nbs/11_cli.ipynb #f9032ada
 def train(cfg:Config, config_file=None) -> Learner:
     "Run the training `cfg` describes in an output folder it owns; write it; return the fitted `Learner`."
+    cfg = take_fsdp_launch(cfg)   # an FSDP accelerate config is honoured by llm_nb's own FSDP2
     t_start, acc = time.time(), refuse_sharded(make_accelerator(cfg.training.mixed_precision))   # before any work: accelerate's own sharding is not driven
     if cfg.training.fsdp and acc.num_processes == 1:
         raise ConfigError('training.fsdp=true in one process: there is nothing to shard over; launch with accelerate launch --num_processes N '

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os, socket, sys
 import torch
 from accelerate.utils import DistributedType
+from dataclasses import replace
+from .config import Config, ConfigError, check_combinations
 
 # %% auto #0
-__all__ = ['SHARDED', 'free_port', 'launch_command', 'shard_model', 'refuse_sharded']
+__all__ = ['SHARDED', 'free_port', 'launch_command', 'shard_model', 'fsdp_launch', 'take_fsdp_launch', 'refuse_sharded']
 
 # %% ../nbs/10_distributed.ipynb #767ff4d6
 def free_port() -> int:
@@ -33,9 +35,16 @@ def launch_command(num_processes:int, *args, cpu:bool=False, mixed_precision:str
 # %% ../nbs/10_distributed.ipynb #25b8e27b
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 
-def shard_model(model, sharding:str='full_shard', mixed_precision:str='no'):
-    "FSDP2 over the processes of the launch: `fully_shard` each transformer block (`model._no_split_modules`), then the whole model."
-    blocks = [m for m in model.modules() if type(m).__name__ in set(getattr(model, '_no_split_modules', None) or ())]
+def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', names=None):
+    """FSDP2 over the processes of the launch: `fully_shard` each transformer block, then the whole model. The blocks are
+    the modules whose class is in `names`: by default accelerate's `fsdp_transformer_layer_cls_to_wrap` when the launch
+    gave one (`FSDP_TRANSFORMER_CLS_TO_WRAP`), else the model's own `_no_split_modules`."""
+    own = sorted(getattr(model, '_no_split_modules', None) or ())
+    if names is None: names = [c.strip() for c in os.environ.get('FSDP_TRANSFORMER_CLS_TO_WRAP', '').split(',') if c.strip()] or own
+    blocks = [m for m in model.modules() if type(m).__name__ in set(names)]
+    if missing := sorted(set(names) - {type(m).__name__ for m in blocks}):
+        raise ConfigError(f"accelerate's FSDP config: fsdp_transformer_layer_cls_to_wrap: {', '.join(missing)}: {type(model).__name__} has "
+                          f"no such module; its transformer blocks are {', '.join(own) or 'not named'}: name those, or remove the key")
     if not blocks: raise ValueError(f"training.fsdp=true: {type(model).__name__} names no transformer block class (_no_split_modules) "
                                     "to shard by; train it with DDP (training.fsdp=false)")
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
@@ -44,6 +53,34 @@ def shard_model(model, sharding:str='full_shard', mixed_precision:str='no'):
     return fully_shard(model, **kw)
 
 # %% ../nbs/10_distributed.ipynb #97f73a76
+_SHARDING = {'true': 'full_shard', 'full_shard': 'full_shard', '1': 'full_shard', 'false': 'shard_grad_op', 'shard_grad_op': 'shard_grad_op', '2': 'shard_grad_op'}
+
+def fsdp_launch(env=None) -> dict:
+    """llm_nb's settings for the FSDP that `accelerate launch` was asked for (its environment variables): `{}` without
+    FSDP. An accelerate setting llm_nb cannot honour is refused, naming the config file's key."""
+    env = os.environ if env is None else env
+    if env.get('ACCELERATE_USE_FSDP', 'false').lower() != 'true': return {}
+    bad = lambda key, val, fix: ConfigError(f"accelerate's FSDP config: {key}: {val}: {fix}")
+    if env.get('FSDP_OFFLOAD_PARAMS', 'false').lower() == 'true': raise bad('fsdp_offload_params', 'true', 'llm_nb keeps the shards on the device; set it to false')
+    if (policy := env.get('FSDP_AUTO_WRAP_POLICY', 'TRANSFORMER_BASED_WRAP')) != 'TRANSFORMER_BASED_WRAP':
+        raise bad('fsdp_auto_wrap_policy', policy, 'llm_nb shards the model transformer block by block; set TRANSFORMER_BASED_WRAP')
+    key, var = ('fsdp_reshard_after_forward', 'FSDP_RESHARD_AFTER_FORWARD') if env.get('FSDP_VERSION', '1') == '2' else ('fsdp_sharding_strategy', 'FSDP_SHARDING_STRATEGY')
+    val = env.get(var, 'true')
+    if (sharding := _SHARDING.get(val.lower())) is None: raise bad(key, val, 'llm_nb shards with FULL_SHARD (true) or SHARD_GRAD_OP (false)')
+    return dict(sharding=sharding, gradient_checkpointing=env.get('FSDP_ACTIVATION_CHECKPOINTING', 'false').lower() == 'true')
+
+# %% ../nbs/10_distributed.ipynb #27f60cfc
+def take_fsdp_launch(cfg:Config) -> Config:
+    "`cfg` with the FSDP an `accelerate launch` asked for; accelerate's own FSDP switch is turned off in this process (llm_nb shards itself)."
+    got = fsdp_launch()
+    if not got: return cfg
+    cfg = replace(cfg, training=replace(cfg.training, fsdp=True, fsdp_sharding=got['sharding']),
+                  model=replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing or got['gradient_checkpointing']))
+    check_combinations(cfg)   # what cannot run under FSDP is refused as for training.fsdp=true
+    os.environ['ACCELERATE_USE_FSDP'] = 'false'
+    return cfg
+
+# %% ../nbs/10_distributed.ipynb #3ab9df29
 SHARDED = {DistributedType.FSDP: 'FSDP', DistributedType.DEEPSPEED: 'DeepSpeed', DistributedType.MEGATRON_LM: 'Megatron-LM'}
 
 def refuse_sharded(acc):

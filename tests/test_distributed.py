@@ -7,6 +7,7 @@ from llm_nb.distributed import launch_command
 from helpers import tiny_corpus, tiny_overrides, run_cli
 
 STEPS = 12
+REPO = Path(__file__).resolve().parents[1]
 def launch(n_proc, *args, **env_kw):
     cmd, env = launch_command(n_proc, *args, cpu=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, **env_kw})
@@ -107,7 +108,11 @@ def launch_and_kill(out, args, when):
 def fsdp(runs):
     tmp, data, _ = runs
     on = {'training.fsdp': 'true'}
-    sharded = launch(2, 'train', *fsdp_overrides(tmp/'fsdp', data, 4, **on))
+    # the accelerate config-file route; the killed run below takes the training.fsdp=true route and must match it bit for bit
+    cmd, env = launch_command(2, 'train', *fsdp_overrides(tmp/'fsdp', data, 4), cpu=True)
+    i = cmd.index('--multi_gpu')
+    cmd[i:i + 1] = ['--config_file', str(REPO/'configs'/'accelerate'/'fsdp_cpu.yaml')]
+    sharded = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert sharded.returncode == 0, sharded.stdout[-2000:] + sharded.stderr[-3000:]
     # the same run killed with SIGKILL once step 6 is saved, then continued from the newest complete checkpoint
     launch_and_kill(tmp/'fsdp-killed', fsdp_overrides(tmp/'fsdp-killed', data, 4, **on), lambda o: _step_saved(o, 'step-6'))
@@ -141,6 +146,7 @@ def test_fsdp_checkpoints_are_sharded_by_every_rank_and_verified(fsdp):
     assert not (ck/'model.safetensors').exists() and not (ck/'optimizer.pt').exists()
     assert {'sharded/.metadata', 'sharded/__0_0.distcp', 'sharded/__1_0.distcp'} <= set(json.loads((ck/'manifest.json').read_text()))
     assert json.loads((ck/'trainer_state.json').read_text())['sharded'] is True
+    assert json.loads((fsdp/'fsdp'/'training_config.json').read_text())['training']['fsdp'] is True   # the config file's FSDP, recorded
     assert not [p.name for p in (fsdp/'fsdp'/'checkpoints').iterdir() if p.name.startswith('.')]   # no temporary folder left
 
 def test_fsdp_kill9_resumes_exactly_and_continues_on_other_rank_counts(fsdp):
@@ -208,10 +214,14 @@ def test_fsdp_lora_saves_the_adapter_only(fsdp_finetunes):
     mine = {k.replace('.default', ''): v for k, v in ck.items()}
     assert all(torch.equal(adapter[k], mine[k]) for k in adapter)                # final/ = the sharded state at the last step
 
-def test_fsdp_refusals(tmp_path):
+def test_fsdp_refusals(tmp_path, monkeypatch):
     from llm_nb.cli import main
     with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/one', 'training.fsdp=true'])
     assert 'training.fsdp=true in one process: there is nothing to shard over' in str(e.value.code)
     assert not (tmp_path/'one').exists()
     with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/ema', 'training.fsdp=true', 'training.use_ema=true'])
     assert 'training.fsdp=true with training.use_ema: not supported under FSDP' in str(e.value.code)
+    # an accelerate FSDP config asking for what llm_nb cannot do: refused by the file's key, before any work
+    monkeypatch.setenv('ACCELERATE_USE_FSDP', 'true'); monkeypatch.setenv('FSDP_VERSION', '2'); monkeypatch.setenv('FSDP_OFFLOAD_PARAMS', 'true')
+    with pytest.raises(SystemExit) as e: main(['train', f'output_dir={tmp_path}/offload'])
+    assert "accelerate's FSDP config: fsdp_offload_params: true" in str(e.value.code) and not (tmp_path/'offload').exists()
