@@ -4,8 +4,9 @@
 
 Each configuration is one `accelerate launch` of `llm_nb train` on `--processes` CPU ranks (GPUs when there are any:
 then without `ACCELERATE_USE_CPU`), `--steps` optimizer steps on the default corpus, no evaluation or checkpoint before
-the end. Per configuration: the peak RSS of the largest rank (`RUSAGE_CHILDREN` of a wrapper process: the biggest
-descendant), the median seconds per step after the first (from `tokens_per_sec` in `loss_history.json`), and the loss
+the end. Per configuration: the peak RSS of the largest rank over the whole run, final export included
+(`RUSAGE_CHILDREN` of a wrapper process: the biggest descendant), rank 0's peak while training (`peak_memory_mb` of
+the last logged step: RSS on CPUs, allocated memory on GPUs), the median seconds per step after the first (from `tokens_per_sec` in `loss_history.json`), and the loss
 of the last step (the two should train the same model). Models: llm_nb's default GPT-2 (6 × 384, 8k vocabulary,
 ~14M parameters) and GPT-2 small's shape (12 × 768, the GPT-2 tokenizer, ~124M parameters)."""
 import argparse, json, os, statistics, subprocess, sys, tempfile
@@ -31,7 +32,8 @@ def run(out:Path, model:str, fsdp:bool, steps:int, n:int) -> dict:
     hist = [h for h in json.loads((out/'loss_history.json').read_text()) if 'tokens_per_sec' in h]
     tokens_per_step = 4 * 256 * n
     step_s = statistics.median(tokens_per_step / h['tokens_per_sec'] for h in hist[1:]) if len(hist) > 1 else float('nan')
-    return dict(model=model, mode='FSDP' if fsdp else 'DDP', rss_mb=m['rss_mb'], step_s=step_s, loss=hist[-1]['loss'], wall_s=m['s'])
+    return dict(model=model, mode='FSDP' if fsdp else 'DDP', rss_mb=m['rss_mb'], train_mb=hist[-1]['peak_memory_mb'], step_s=step_s,
+                loss=hist[-1]['loss'], wall_s=m['s'])
 
 def main():
     ap = argparse.ArgumentParser()
@@ -44,10 +46,11 @@ def main():
         for fsdp in (False, True):
             rows.append(run(out/f'{model}-{"fsdp" if fsdp else "ddp"}', model, fsdp, a.steps, a.processes))
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n| model | mode | peak RSS per rank (MB) | s / step | last loss |\n|---|---|---|---|---|")
-    for r in rows: print(f"| {r['model']} | {r['mode']} | {r['rss_mb']:.0f} | {r['step_s']:.2f} | {r['loss']:.4f} |")
+    print(f"\n| model | mode | peak per rank, whole run (MB) | rank 0 peak while training (MB) | s / step | last loss |\n|---|---|---|---|---|---|")
+    for r in rows: print(f"| {r['model']} | {r['mode']} | {r['rss_mb']:.0f} | {r['train_mb']:.0f} | {r['step_s']:.2f} | {r['loss']:.4f} |")
     for model in a.models.split(','):
         d, f = [next(r for r in rows if r['model'] == model and r['mode'] == m) for m in ('DDP', 'FSDP')]
-        print(f"{model}: FSDP / DDP memory per rank {f['rss_mb'] / d['rss_mb']:.2f}×, step time {f['step_s'] / d['step_s']:.2f}×")
+        print(f"{model}: FSDP / DDP memory per rank {f['rss_mb'] / d['rss_mb']:.2f}× (while training {f['train_mb'] / d['train_mb']:.2f}×), "
+              f"step time {f['step_s'] / d['step_s']:.2f}×")
 
 if __name__ == '__main__': main()

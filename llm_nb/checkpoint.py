@@ -524,6 +524,7 @@ class CheckpointCB(Callback):
         if strategy not in STRATEGIES: raise ValueError(f"training.save_strategy={strategy!r}: must be one of {', '.join(STRATEGIES)}")
         self.dir, self.save_steps, self.limit, self.config, self.tok = Path(output_dir)/'checkpoints', save_steps, save_total_limit, config, tok
         self.handle_signals, self.signal, self.strategy = handle_signals, None, strategy
+        self.signalled_at, self.main = 0.0, True
     def save(self, learn, name):
         save_checkpoint(learn, self.dir/name, self.config, self.tok)   # under FSDP a collective: every process
         learn.acc.wait_for_everyone()
@@ -535,18 +536,26 @@ class CheckpointCB(Callback):
         for p in ckpts[:-self.limit]: shutil.rmtree(p, ignore_errors=True)
 
     def before_fit(self, learn):
-        self._old, self.step0 = {}, learn.state.step
-        if self.handle_signals and learn.acc.is_main_process:
+        self._old, self.step0, self.main = {}, learn.state.step, learn.acc.is_main_process
+        if self.handle_signals:   # every process: under a launcher each gets the signal, and FSDP saves with all of them
             for s in (signal.SIGTERM, signal.SIGINT):
                 try: self._old[s] = signal.signal(s, self._on_signal)
                 except ValueError: pass  # not the main thread: leave signals alone
     def _on_signal(self, signum, frame):
-        if self.signal is not None: raise KeyboardInterrupt  # a second signal: stop at once
-        self.signal = signum
-        print(f"\nReceived {signal.Signals(signum).name}: finishing this step, then saving checkpoints/interrupted …", flush=True)
+        if self.signal is not None:
+            if time.monotonic() - self.signalled_at < 1: return   # the same stop, delivered again by the launcher
+            raise KeyboardInterrupt  # a second signal: stop at once
+        self.signal, self.signalled_at = signum, time.monotonic()
+        if self.main: print(f"\nReceived {signal.Signals(signum).name}: finishing this step, then saving checkpoints/interrupted …", flush=True)
+    def signalled(self, learn) -> bool:
+        "Whether any process was signalled (one that was not takes the other's signal): all stop after the same step."
+        if learn.acc.num_processes > 1:
+            got = int(learn.acc.gather(torch.tensor([self.signal or 0], device=learn.acc.device)).max())
+            self.signal = self.signal or got or None
+        return self.signal is not None
 
     def after_step(self, learn):
-        if self.signal is not None:   # save first: whatever runs after this may not get its turn
+        if self.signalled(learn):   # save first: whatever runs after this may not get its turn
             learn.stop_reason = 'interrupted'
             p = self.save(learn, 'interrupted')
             print(f"Saved {p}. Resume with: llm_nb train [same config] training.resume_from=latest", flush=True)

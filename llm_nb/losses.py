@@ -9,7 +9,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 import torch, torch.nn.functional as F
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from accelerate.utils import extract_model_from_parallel
 
 # %% auto #0
@@ -42,8 +41,7 @@ def fused_ce_supported(model) -> bool:
     raw = extract_model_from_parallel(model)
     head = raw.get_output_embeddings() if hasattr(raw, 'get_output_embeddings') else None
     return (getattr(getattr(raw, 'config', None), 'model_type', None) in FUSED_CE_MODEL_TYPES
-            and type(head) is nn.Linear and head.bias is None
-            and not isinstance(raw, FSDPModule))   # FSDP keeps the head's weight sharded outside the model's own forward
+            and type(head) is nn.Linear and head.bias is None)
 
 # %% ../nbs/04a_losses.ipynb #5b6e3c50
 @contextmanager

@@ -166,6 +166,25 @@ def test_fsdp_final_is_the_gathered_model(fsdp):
     assert saved.keys() <= sd.keys() and all(torch.equal(sd[k], v) for k, v in saved.items())
     assert json.loads((fsdp/'fsdp'/'final'/'config.json').read_text())['architectures'] == ['GPT2LMHeadModel']
 
+def test_fsdp_signal_stops_every_rank_after_the_same_step_and_saves_their_shards(runs):
+    "SIGTERM to the whole job (a scheduler, or Ctrl-C's SIGINT): every rank gets it, and again from the launcher."
+    from llm_nb.checkpoint import verify_folder
+    tmp, data, _ = runs
+    out = tmp/'fsdp-signal'
+    cmd, env = launch_command(2, 'train', *fsdp_overrides(out, data, 4, **{'training.fsdp': 'true', 'training.max_steps': 400,
+                              'training.save_steps': 1000, 'training.eval_steps': 1000}), cpu=True)
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while p.poll() is None and time.time() < deadline and len(history(out) if (out/'loss_history.json').exists() else []) < 3: time.sleep(0.05)
+    assert p.poll() is None, p.stderr.read()[-3000:]
+    os.killpg(p.pid, signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode != 0 and not (out/'final').exists()
+    ck = verify_folder(out/'checkpoints'/'interrupted')   # complete: both ranks wrote their shards
+    assert sorted(f.name for f in (ck/'sharded').iterdir()) == ['.metadata', '__0_0.distcp', '__1_0.distcp']
+    assert 3 <= json.loads((ck/'trainer_state.json').read_text())['state']['step'] < 400
+    assert stdout.count('Received SIGTERM') == 1, stdout[-2000:]   # said once, by the main process
+
 LORA_STEPS = 8
 def lora_overrides(out, data, base, batch, **kw):
     return fsdp_overrides(out, data, batch, **{'training_type': 'lora', 'model.name_or_path': base, 'training.max_steps': LORA_STEPS,
