@@ -50,7 +50,7 @@ def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', name
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
     kw = dict(reshard_after_forward=sharding == 'full_shard', mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
     for b in blocks: fully_shard(b, **kw)
-    return fully_shard(model, **kw)
+    return fully_shard(model, **{**kw, 'reshard_after_forward': False})   # the root (embeddings, head): needed again at once in backward
 
 # %% ../nbs/10_distributed.ipynb #97f73a76
 _SHARDING = {'true': 'full_shard', 'full_shard': 'full_shard', '1': 'full_shard', 'false': 'shard_grad_op', 'shard_grad_op': 'shard_grad_op', '2': 'shard_grad_op'}
