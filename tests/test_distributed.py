@@ -121,6 +121,7 @@ def fsdp(runs):
     ck = tmp/'fsdp'/'checkpoints'/'step-6'
     one = run_cli('train', *fsdp_overrides(tmp/'fsdp-on-one', data, 8, **{'training.resume_from': ck}), env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert one.returncode == 0, one.stderr[-3000:]
+    assert 'was written by 2 process(es) and continues on 1' in one.stdout + one.stderr   # said: not bit for bit
     # the single-process run's checkpoint (unsharded files) continued on 2 sharded ranks
     grown = launch(2, 'train', *fsdp_overrides(tmp/'fsdp-from-single', data, 4, **on, **{'training.resume_from': tmp/'single'/'checkpoints'/'step-6'}))
     assert grown.returncode == 0, grown.stderr[-3000:]
