@@ -146,8 +146,7 @@ def train(cfg:Config, config_file=None) -> Learner:
         raise ConfigError('training.fsdp=true in one process: there is nothing to shard over; launch with accelerate launch --num_processes N '
                           '(N >= 2, see configs/accelerate/), or drop training.fsdp')
     if cfg.evaluation.generation_file: read_generation_pairs(cfg.evaluation.generation_file)  # a bad row stops the run before any work
-    if not cfg.training.fsdp: keep_freed_memory()   # a process-wide allocator choice (see precision), for the CPU's speed; under FSDP
-    # memory is the point: kept, the freed gather buffers of every size fragment the heap and a CPU rank held as much as DDP's
+    keep_freed_memory(not cfg.training.fsdp)   # a process-wide allocator choice (see precision): speed, or under FSDP memory
     lock, ck, meta = claim_run(cfg, acc)
     out = Path(cfg.output_dir)
     try: return _train(cfg, config_file, ck, meta, acc, t_start)

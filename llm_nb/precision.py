@@ -42,14 +42,16 @@ def make_accelerator(mixed_precision='auto') -> Accelerator:
         return Accelerator(mixed_precision=mp)
 
 # %% ../nbs/04b_precision.ipynb #09551dc8
-_ALLOCATOR_TUNED = False
+_ALLOCATOR_TUNED = None   # the process's choice, once made
 
-def keep_freed_memory():
-    "Tell glibc's malloc to reuse freed activation buffers instead of returning them to the OS (no-op elsewhere)."
+def keep_freed_memory(keep:bool=True):
+    """Tell glibc's malloc to reuse freed buffers instead of returning them to the OS, or (`keep=False`) to return
+    every block of 128 KB or more at once. No-op elsewhere; the first choice in a process stands."""
     global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED or not sys.platform.startswith('linux'): return
+    if _ALLOCATOR_TUNED is not None or not sys.platform.startswith('linux'): return
     try: libc = ctypes.CDLL('libc.so.6')
     except OSError: return  # not glibc (e.g. musl)
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20); libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1); libc.mallopt(M_TOP_PAD, 2**28)
-    _ALLOCATOR_TUNED = True
+    if keep: libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20); libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1); libc.mallopt(M_TOP_PAD, 2**28)
+    else: libc.mallopt(M_MMAP_THRESHOLD, 2**17); libc.mallopt(M_TRIM_THRESHOLD, 2**17)   # fixed: glibc's own threshold grows
+    _ALLOCATOR_TUNED = keep
