@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np, torch
 from torch.distributed.fsdp import FSDPModule
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
@@ -537,6 +538,8 @@ class CheckpointCB(Callback):
 
     def before_fit(self, learn):
         self._old, self.step0, self.main = {}, learn.state.step, learn.acc.is_main_process
+        # the per-step agreement runs on the CPU (gloo): on GPUs it would otherwise wait for the device every step
+        self.group = dist.new_group(backend='gloo') if learn.acc.num_processes > 1 and dist.get_backend() != 'gloo' else None
         if self.handle_signals:   # every process: under a launcher each gets the signal, and FSDP saves with all of them
             for s in (signal.SIGTERM, signal.SIGINT):
                 try: self._old[s] = signal.signal(s, self._on_signal)
@@ -550,8 +553,9 @@ class CheckpointCB(Callback):
     def signalled(self, learn) -> bool:
         "Whether any process was signalled (one that was not takes the other's signal): all stop after the same step."
         if learn.acc.num_processes > 1:
-            got = int(learn.acc.gather(torch.tensor([self.signal or 0], device=learn.acc.device)).max())
-            self.signal = self.signal or got or None
+            got = torch.tensor([self.signal or 0])
+            dist.all_reduce(got, op=dist.ReduceOp.MAX, group=self.group)
+            self.signal = self.signal or int(got) or None
         return self.signal is not None
 
     def after_step(self, learn):

@@ -191,27 +191,36 @@ def lora_overrides(out, data, base, batch, **kw):
     return fsdp_overrides(out, data, batch, **{'training_type': 'lora', 'model.name_or_path': base, 'training.max_steps': LORA_STEPS,
                           'training.eval_steps': 4, 'training.save_steps': 4, 'model.gradient_checkpointing': 'true', **kw})
 
+def sft_overrides(out, rows, base, batch, **kw):
+    return fsdp_overrides(out, rows, batch, **{'training_type': 'sft', 'model.name_or_path': base, 'training.max_steps': 6,
+                          'training.eval_steps': 3, 'training.save_steps': 3, 'data.validation_split': 0.25, **kw})
+
 def dpo_overrides(out, pairs, base, batch, **kw):
     return fsdp_overrides(out, pairs, batch, **{'training_type': 'dpo', 'model.name_or_path': base, 'training.max_steps': 6,
                           'training.eval_steps': 3, 'training.save_steps': 3, 'data.validation_split': 0.25, **kw})
 
 @pytest.fixture(scope='module')
 def fsdp_finetunes(fsdp):
-    "LoRA (with activation checkpointing) and DPO (full, against a frozen reference copy) on 2 sharded ranks and on 1 process."
+    "Full SFT (chat messages), LoRA (with activation checkpointing) and DPO (full, against a frozen reference copy) on 2 sharded ranks and on 1 process."
     tmp, base = fsdp, fsdp/'fsdp'/'final'
     data = tmp/'docs'
     pairs = tmp/'pairs-dpo.jsonl'
     pairs.write_text(''.join(json.dumps(dict(prompt=f'Question {i}: the state of the', chosen=' Union is strong and growing.',
                                               rejected=' weather is unknown to me.')) + '\n' for i in range(16)))
+    chats = tmp/'chats.jsonl'
+    chats.write_text(''.join(json.dumps({'messages': [{'role': 'user', 'content': f'Say something about number {i}.'},
+                                                     {'role': 'assistant', 'content': f'The number {i} is a fine number.'}]}) + '\n' for i in range(32)))
     one_proc = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    for name, args in (('lora', lambda o, b, **k: lora_overrides(o, data, base, b, **k)), ('dpo', lambda o, b, **k: dpo_overrides(o, pairs, base, b, **k))):
+    recipes = {'sft': lambda o, b, **k: sft_overrides(o, chats, base, b, **k), 'lora': lambda o, b, **k: lora_overrides(o, data, base, b, **k),
+            'dpo': lambda o, b, **k: dpo_overrides(o, pairs, base, b, **k)}
+    for name, args in recipes.items():
         r = run_cli('train', *args(tmp/f'{name}-one', 8), env=one_proc)
         assert r.returncode == 0, r.stderr[-3000:]
         r = launch(2, 'train', *args(tmp/f'{name}-fsdp', 4, **{'training.fsdp': 'true'}))
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return tmp
 
-@pytest.mark.parametrize('name', ['lora', 'dpo'])
+@pytest.mark.parametrize('name', ['sft', 'lora', 'dpo'])
 def test_fsdp_finetunes_match_one_process(fsdp_finetunes, name):
     one, two = curve(fsdp_finetunes/f'{name}-one'), curve(fsdp_finetunes/f'{name}-fsdp')
     assert sorted(two) == sorted(one) and len(two) >= 6
