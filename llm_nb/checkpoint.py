@@ -73,16 +73,21 @@ def _sha256(path):
     return h.hexdigest()
 
 # %% ../nbs/09_checkpointing.ipynb #800709f7
+def _file_entry(path) -> dict: return dict(size=Path(path).stat().st_size, sha256=_sha256(path))
+
+# %% ../nbs/09_checkpointing.ipynb #bed15ff3
 def _fsync(path):
     fd = os.open(path, os.O_RDONLY)
     try: os.fsync(fd)
     finally: os.close(fd)
 
-# %% ../nbs/09_checkpointing.ipynb #bed15ff3
-def atomic_folder(path, write, need:int=0, tmp=None):
+# %% ../nbs/09_checkpointing.ipynb #66135ebc
+def atomic_folder(path, write, need:int=0, tmp=None, known:dict|None=None):
     """Call `write(tmp_folder)`, add a manifest, fsync, then rename to `path` (replacing it). Nothing half-written
     survives; a full disk raises `DiskFullError` naming `path` and the `need`ed bytes. Files get the user's umask.
-    `tmp`: a temporary folder other processes have already written their part into (sharded checkpoints)."""
+    `tmp`: a temporary folder other processes have already written their part into (sharded checkpoints), with
+    `known` manifest entries for the files they hashed and synced themselves."""
+    known = known or {}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None: tmp = path.parent/f'.{path.name}.tmp-{os.getpid()}'; shutil.rmtree(tmp, ignore_errors=True)
@@ -90,10 +95,13 @@ def atomic_folder(path, write, need:int=0, tmp=None):
         tmp.mkdir(exist_ok=True)
         write(tmp)
         files = sorted(p for p in tmp.rglob('*') if p.is_file())
-        manifest = {str(p.relative_to(tmp)): dict(size=p.stat().st_size, sha256=_sha256(p)) for p in files}
+        manifest = {}
+        for p in files: manifest[n] = known.get(n := str(p.relative_to(tmp))) or _file_entry(p)
         (tmp/'manifest.json').write_text(json.dumps(manifest, indent=1))
         mode = 0o666 & ~_UMASK  # safetensors writes its files 0600: a server running as another user could not read them
-        for p in [*files, tmp/'manifest.json']: os.chmod(p, mode); _fsync(p)
+        for p in [*files, tmp/'manifest.json']:
+            os.chmod(p, mode)
+            if str(p.relative_to(tmp)) not in known: _fsync(p)
         _fsync(tmp)
         old = path.parent/f'.{path.name}.old-{os.getpid()}'
         if path.exists(): os.rename(path, old)
@@ -106,7 +114,7 @@ def atomic_folder(path, write, need:int=0, tmp=None):
         raise
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #66135ebc
+# %% ../nbs/09_checkpointing.ipynb #cf364e71
 def verify_folder(path):
     "Check every file of `path` against its manifest; raise `CheckpointError` naming the first bad one."
     path = Path(path)
@@ -121,12 +129,12 @@ def verify_folder(path):
         if _sha256(f) != info['sha256']: raise CheckpointError(f"{f}: checksum mismatch (corrupt)")
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #0defaed3
+# %% ../nbs/09_checkpointing.ipynb #98ad4d6c
 def tensor_bytes(tensors) -> int:
     "Bytes of the tensors among `tensors` (a rough size of what saving them writes)."
     return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
 
-# %% ../nbs/09_checkpointing.ipynb #98ad4d6c
+# %% ../nbs/09_checkpointing.ipynb #92462fd6
 def save_hf(model, tok, path, state_dict:dict|None=None):
     "Save `model` (unwrapped; with `state_dict` instead of its own, if given) and `tok` as a standard HF folder, atomically."
     def write(tmp):
@@ -135,13 +143,13 @@ def save_hf(model, tok, path, state_dict:dict|None=None):
         model.generation_config.save_pretrained(tmp)
     return atomic_folder(path, write, need=tensor_bytes(p for p in model.parameters() if p.requires_grad or not is_peft(model)))
 
-# %% ../nbs/09_checkpointing.ipynb #92462fd6
+# %% ../nbs/09_checkpointing.ipynb #4fb4bcd3
 def export_hf(learn, tok, path):
     "`save_hf` of `learn`'s model by the main process; under FSDP every process calls it, and the shards are gathered first."
     full = gathered_weights(learn.raw_model)
     if learn.acc.is_main_process: save_hf(learn.raw_model, tok, path, full)
 
-# %% ../nbs/09_checkpointing.ipynb #381f3884
+# %% ../nbs/09_checkpointing.ipynb #9700b693
 def check_target(path, overwrite:bool=False, inputs=(), flag:str='--overwrite') -> Path:
     "Refuse to write a model folder at `path` over one of its `inputs` (or inside, or around one), or over a non-empty folder without `overwrite`."
     path = Path(path).absolute().resolve()
@@ -155,34 +163,34 @@ def check_target(path, overwrite:bool=False, inputs=(), flag:str='--overwrite') 
         raise FileExistsError(f"{path} exists and is not empty; choose a new folder, or pass {flag} to replace it")
     return path
 
-# %% ../nbs/09_checkpointing.ipynb #0d1de139
+# %% ../nbs/09_checkpointing.ipynb #41482cc3
 def rng_state() -> dict:
     np_state = np.random.get_state()
     return dict(python=random.getstate(), numpy=[np_state[0], np_state[1].tolist(), *np_state[2:]],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
-# %% ../nbs/09_checkpointing.ipynb #41482cc3
+# %% ../nbs/09_checkpointing.ipynb #7d7e9b65
 def set_rng_state(s:dict):
     random.setstate(s['python'])
     np.random.set_state((s['numpy'][0], np.array(s['numpy'][1], dtype=np.uint32), *s['numpy'][2:]))
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/09_checkpointing.ipynb #7d7e9b65
+# %% ../nbs/09_checkpointing.ipynb #06964b7d
 def _versions():
     import transformers, accelerate
     from llm_nb import __version__
     return dict(llm_nb=__version__, torch=torch.__version__, transformers=transformers.__version__,
                 accelerate=accelerate.__version__, python=sys.version.split()[0])
 
-# %% ../nbs/09_checkpointing.ipynb #27189232
+# %% ../nbs/09_checkpointing.ipynb #c9b9f51f
 def save_weights(model, folder):
     "The trainable state of `model` as safetensors in `folder`: the full model, or only a peft model's adapter."
     folder = Path(folder)
     if is_peft(model): save_adapter_state(model, folder/'adapter.safetensors')
     else: save_model(model, str(folder/'model.safetensors'))
 
-# %% ../nbs/09_checkpointing.ipynb #c9b9f51f
+# %% ../nbs/09_checkpointing.ipynb #89844a69
 def load_weights(model, folder):
     "Load what `save_weights` wrote into `model`; a missing, unexpected or misshapen tensor is an error naming the file."
     folder = Path(folder)
@@ -197,13 +205,13 @@ def load_weights(model, folder):
     except Exception as e:  # a misshapen tensor (RuntimeError) or an unreadable file (SafetensorError), named
         raise CheckpointError(f"{f}: cannot load into this model ({type(e).__name__}: {str(e)[:300]})") from None
 
-# %% ../nbs/09_checkpointing.ipynb #89844a69
+# %% ../nbs/09_checkpointing.ipynb #43a13b9b
 def save_checkpoint(learn, path, config:dict|None=None, tok=None):
     """Write everything needed to resume `learn` (and its tokenizer) into the folder `path`, atomically. Under FSDP a
     collective: every process writes its shards of the model and optimizer state, in parallel, and the main one the rest."""
     sharded = is_sharded(learn.raw_model)
     need = tensor_bytes(learn.raw_model.parameters()) + tensor_bytes(t for s in learn.opt.state.values() for t in s.values())
-    tmp = write_shards(learn, path, need) if sharded else None
+    tmp, known = write_shards(learn, path, need) if sharded else (None, None)
     if not learn.acc.is_main_process: return None
     def write(tmp):
         if not sharded:
@@ -222,36 +230,40 @@ def save_checkpoint(learn, path, config:dict|None=None, tok=None):
                     max_steps=learn.max_steps, callbacks={type(c).__name__: c.state_dict() for c in learn.cbs if c.state_dict()},
                     config=config, num_processes=learn.acc.num_processes, sharded=sharded, versions=_versions())
         (tmp/'trainer_state.json').write_text(json.dumps(meta, indent=1))
-    return atomic_folder(path, write, need, tmp)
+    return atomic_folder(path, write, need, tmp, known)
 
-# %% ../nbs/09_checkpointing.ipynb #e31881bf
+# %% ../nbs/09_checkpointing.ipynb #58e35e40
 def is_sharded(model) -> bool:
     "Whether FSDP2 shards `model`'s parameters over the processes."
     return isinstance(model, FSDPModule)
 
-# %% ../nbs/09_checkpointing.ipynb #58e35e40
+# %% ../nbs/09_checkpointing.ipynb #13fd4d3f
 def state_options(model, **kw) -> StateDictOptions:
     "DCP state-dict options for `model`: a peft model's frozen base is left out (it is `model.name_or_path`'s, unchanged)."
     return StateDictOptions(ignore_frozen_params=is_peft(model), strict=not is_peft(model), **kw)
 
 def _inner(opt): return getattr(opt, 'optimizer', opt)   # accelerate wraps the torch optimizer
 
-def model_state(model, **kw) -> dict:
-    "`model`'s state by parameter name as DCP reads and writes it (`kw`: more `StateDictOptions`); of a peft model, the trainable part."
+def model_state(model, embeddings:bool=False, **kw) -> dict:
+    """`model`'s state by parameter name as DCP reads and writes it (`kw`: more `StateDictOptions`); of a peft model, the
+    trainable part, and with `embeddings` the token embeddings and head (peft's export keeps them when the vocabulary grew)."""
     sd = get_model_state_dict(model, options=state_options(model, **kw))
     if not is_peft(model): return sd
     keep = {n for n, p in model.named_parameters() if p.requires_grad}   # `ignore_frozen_params` alone keeps a head tied to the frozen embedding
+    if embeddings: keep |= {f'{n}.{pn}' for n, m in model.named_modules() if m in (model.get_input_embeddings(), model.get_output_embeddings())
+                            for pn, _ in m.named_parameters()}
     return {k: v for k, v in sd.items() if k in keep}
 
-# %% ../nbs/09_checkpointing.ipynb #13fd4d3f
+# %% ../nbs/09_checkpointing.ipynb #b313fd0e
 def shard_state(learn) -> dict:
     "This process's part of `learn`'s model and optimizer state, by parameter name: its shards under FSDP, all of it otherwise."
     model = learn.raw_model
     return dict(model=model_state(model), optimizer=get_optimizer_state_dict(model, _inner(learn.opt), options=state_options(model)))
 
-# %% ../nbs/09_checkpointing.ipynb #b313fd0e
-def write_shards(learn, path, need:int=0) -> Path:
-    "A collective: every process writes its `shard_state` into `sharded/` of checkpoint `path`'s temporary folder, which it returns."
+# %% ../nbs/09_checkpointing.ipynb #1db90ddd
+def write_shards(learn, path, need:int=0) -> tuple[Path, dict]:
+    """A collective: every process writes its `shard_state` into `sharded/` of checkpoint `path`'s temporary folder,
+    then hashes and syncs its own files, in parallel. Returns the folder and, on the main process, every process's entries."""
     path = Path(path)
     tmp = path.parent/f'.{path.name}.tmp-sharded'   # one name for every process
     if learn.acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
@@ -261,9 +273,13 @@ def write_shards(learn, path, need:int=0) -> Path:
         if learn.acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True)
         raise_if_disk_full(e, path, need)
         raise
-    return tmp
+    mine = {f'sharded/{p.name}': _file_entry(p) for p in (tmp/'sharded').glob(f'__{dist.get_rank()}_*')}   # DCP names a rank's files so
+    for p in mine: _fsync(tmp/p)
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return tmp, {k: v for d in every for k, v in d.items()}
 
-# %% ../nbs/09_checkpointing.ipynb #1db90ddd
+# %% ../nbs/09_checkpointing.ipynb #fe99097c
 def load_shards(learn, folder):
     "A collective: every process reads its part of `folder`'s sharded state, whatever number of processes wrote it."
     model, state, o = learn.raw_model, shard_state(learn), state_options(learn.raw_model)   # the structure to fill
@@ -271,7 +287,7 @@ def load_shards(learn, folder):
     set_model_state_dict(model, state['model'], options=o)
     set_optimizer_state_dict(model, _inner(learn.opt), state['optimizer'], options=o)
 
-# %% ../nbs/09_checkpointing.ipynb #0a321a15
+# %% ../nbs/09_checkpointing.ipynb #9dbc1970
 def named_optimizer_state(model, opt, state:dict) -> dict:
     "`opt`'s saved `state` with parameters named as in `model`, not numbered (torch's `state_dict` numbers them in `opt`'s order)."
     if all(isinstance(k, str) for k in state['state']): return state
@@ -280,7 +296,7 @@ def named_optimizer_state(model, opt, state:dict) -> dict:
     return dict(state={order[i]: s for i, s in state['state'].items()},
                 param_groups=[{**g, 'params': [order[i] for i in g['params']]} for g in state['param_groups']])
 
-# %% ../nbs/09_checkpointing.ipynb #9dbc1970
+# %% ../nbs/09_checkpointing.ipynb #3773f60f
 def load_full_into_shards(learn, folder, opt_state):
     "Every process: the full weights of `folder` (one process wrote them) and optimizer state `opt_state`, each keeping its shard."
     model, opt = learn.raw_model, _inner(learn.opt)
@@ -290,20 +306,20 @@ def load_full_into_shards(learn, folder, opt_state):
     set_model_state_dict(model, plain.state_dict(), options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(model, opt, named_optimizer_state(model, opt, opt_state), options=StateDictOptions(full_state_dict=True))
 
-# %% ../nbs/09_checkpointing.ipynb #3773f60f
+# %% ../nbs/09_checkpointing.ipynb #32589674
 def gathered_weights(model) -> dict|None:
     """A collective under FSDP: `model`'s whole state dict (trainable part of a peft model) on the main process, in CPU
     memory, `{}` on the others; `None` when `model` is not sharded (it holds everything itself)."""
     if not is_sharded(model): return None
-    return model_state(model, full_state_dict=True, cpu_offload=True)
+    return model_state(model, embeddings=True, full_state_dict=True, cpu_offload=True)
 
-# %% ../nbs/09_checkpointing.ipynb #32589674
+# %% ../nbs/09_checkpointing.ipynb #459315a4
 def _safe_load(path):
     try: return torch.load(path, weights_only=True)
     except Exception as e:  # weights_only refuses pickled code; anything else is corruption
         raise CheckpointError(f"{path}: refusing to load: not plain tensors and numbers ({type(e).__name__}: {str(e)[:200]})") from None
 
-# %% ../nbs/09_checkpointing.ipynb #459315a4
+# %% ../nbs/09_checkpointing.ipynb #2f285b63
 def _restore_state(learn, path):
     "The saved weights and optimizer moments (sharded or not, into a sharded model or not), under this run's hyper-parameters."
     hyper = [{k: v for k, v in g.items() if k != 'params'} for g in learn.opt.param_groups]
@@ -331,7 +347,7 @@ def _restore_schedule(learn, sched_state):
     for g, lr in zip(learn.opt.param_groups, lrs): g['lr'] = lr
     learn.sched._last_lr = lrs
 
-# %% ../nbs/09_checkpointing.ipynb #2f285b63
+# %% ../nbs/09_checkpointing.ipynb #6c21b711
 def _resume_position(learn, meta):
     "Continue at the first sample not yet trained on, whatever batch size and process count consumed the others."
     st, t, n = learn.state, (meta.get('config') or {}).get('training', {}), learn.acc.num_processes
@@ -341,7 +357,7 @@ def _resume_position(learn, meta):
     st.samples_in_epoch = st.samples_in_epoch * meta.get('num_processes', n) // n
     st.batch_in_epoch = st.samples_in_epoch // bs
 
-# %% ../nbs/09_checkpointing.ipynb #6c21b711
+# %% ../nbs/09_checkpointing.ipynb #014009dd
 def load_checkpoint(learn, path, verify:bool=True):
     "Restore `learn` from checkpoint folder `path` (verified first unless the caller just did)."
     path = verify_folder(path) if verify else Path(path)
@@ -370,12 +386,12 @@ def callback_states(saved:dict, learn) -> dict:
         saved['TrainMetricsCB'] = dict(saved['TrainMetricsCB'], norms=old, clipped=[bool(mx > 0 and n > mx) for n in old])
     return saved
 
-# %% ../nbs/09_checkpointing.ipynb #58546d4e
+# %% ../nbs/09_checkpointing.ipynb #bb6efef0
 def _step_of(path):
     try: return json.loads((path/'trainer_state.json').read_text())['state']['step']
     except Exception: return -1
 
-# %% ../nbs/09_checkpointing.ipynb #bb6efef0
+# %% ../nbs/09_checkpointing.ipynb #7c77d11f
 def latest_checkpoint(folder):
     "The newest checkpoint under `folder` that passes verification, or None."
     folder = Path(folder)
@@ -385,13 +401,13 @@ def latest_checkpoint(folder):
         except CheckpointError as e: warnings.warn(f"skipping invalid checkpoint: {e}")
     return None
 
-# %% ../nbs/09_checkpointing.ipynb #d066cfc2
+# %% ../nbs/09_checkpointing.ipynb #9c9ebd0f
 class OutputDirError(CheckpointError):
     "An output folder that holds another run's results, or that another run is using; the message says what to do."
 
 _HELD_LOCKS = set()  # descriptors of the output-folder locks this process holds
 
-# %% ../nbs/09_checkpointing.ipynb #9c9ebd0f
+# %% ../nbs/09_checkpointing.ipynb #7b6c1d31
 def _drop_locks_in_child():
     """A forked child (a DataLoader worker) points its copies at /dev/null: the lock must die with the run, not with its
     last worker (a `flock` lives while any copy of its descriptor is open). Not `close`: the number must not be reused."""
@@ -402,7 +418,7 @@ def _drop_locks_in_child():
 
 os.register_at_fork(after_in_child=_drop_locks_in_child)
 
-# %% ../nbs/09_checkpointing.ipynb #7b6c1d31
+# %% ../nbs/09_checkpointing.ipynb #d1a575b0
 class OutputDirLock:
     "Exclusive use of a run's output folder while the run lives: `flock` on `<out>/.llm_nb.lock`, released at any exit."
     def __init__(self, out): self.out, self.file = Path(out), None
@@ -428,7 +444,7 @@ class OutputDirLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
-# %% ../nbs/09_checkpointing.ipynb #0f276b38
+# %% ../nbs/09_checkpointing.ipynb #b8e5267f
 RUN_RESULTS = ('final', 'best', 'checkpoints', 'training_config.json', 'loss_history.json')   # what makes a folder a run's
 RUN_OUTPUTS = (*RUN_RESULTS, 'plots', 'tensorboard', 'wandb', 'metrics.jsonl', 'samples.jsonl', 'config_used.yaml',
                'config_used.yml', 'config_used.json')                                            # everything a run writes
@@ -437,7 +453,7 @@ def run_results(out) -> list:
     "Names in `out` that hold a run's results (an empty `checkpoints/` does not count)."
     return [n for n in RUN_RESULTS if (p := Path(out)/n).exists() and not (p.is_dir() and not any(p.iterdir()))]
 
-# %% ../nbs/09_checkpointing.ipynb #b8e5267f
+# %% ../nbs/09_checkpointing.ipynb #5a73a5d9
 def clear_run_outputs(out) -> list:
     "Delete what a run writes in `out` (for `training.overwrite_output_dir`; call it once the new run is known to start)."
     out = Path(out)
@@ -446,7 +462,7 @@ def clear_run_outputs(out) -> list:
     if gone: print(f"training.overwrite_output_dir=true: deleted the previous run's {', '.join(gone)} in {out}")
     return gone
 
-# %% ../nbs/09_checkpointing.ipynb #5a73a5d9
+# %% ../nbs/09_checkpointing.ipynb #7ee0c5ee
 def claim_output_dir(out, resume_from=None, overwrite:bool=False):
     """What this run may do with `out` (hold `OutputDirLock` first): the verified checkpoint to resume, or None to start
     afresh. With `overwrite` the previous run's outputs stay until the caller has built the new run (`clear_run_outputs`)."""
@@ -470,7 +486,7 @@ def claim_output_dir(out, resume_from=None, overwrite:bool=False):
                              f"({', '.join(found)}); resume into a new output_dir")
     return verify_folder(ck)
 
-# %% ../nbs/09_checkpointing.ipynb #9d14aa52
+# %% ../nbs/09_checkpointing.ipynb #e44dd961
 FIXED_ON_RESUME = ('training_type', 'seed', 'model', 'tokenizer', 'data', 'lora', 'sampling', 'dpo',
                    'training.use_llrd', 'training.use_cpu_offload', 'training.use_ema')  # sections/keys a resume cannot change
 FREE_ON_RESUME = ('model.dropout', 'model.attention_dropout', 'model.gradient_checkpointing', 'data.test_file',
@@ -480,7 +496,7 @@ def _flat(d:dict) -> dict:
     "`section.key: value` (a dict value, such as `sampling.domain_weights`, compared whole)."
     return {k2: v2 for k, v in d.items() for k2, v2 in ({f'{k}.{f}': x for f, x in v.items()}.items() if isinstance(v, dict) else [(k, v)])}
 
-# %% ../nbs/09_checkpointing.ipynb #e44dd961
+# %% ../nbs/09_checkpointing.ipynb #0ce5c116
 def resume_changes(saved:dict, new:dict) -> tuple:
     "The settings of `new` that differ from a checkpoint's `saved` config: `(refused, accepted)`, each line 'key: old → new'."
     a, b = _flat(saved), _flat(new)
@@ -491,7 +507,7 @@ def resume_changes(saved:dict, new:dict) -> tuple:
         (refused if fixed else accepted).append(f"{k}: {a[k]!r} → {b[k]!r}")
     return refused, accepted
 
-# %% ../nbs/09_checkpointing.ipynb #a649f07e
+# %% ../nbs/09_checkpointing.ipynb #5adc1a52
 def check_resume(ck, config:dict) -> dict:
     "Refuse to continue checkpoint `ck` under a `config` it cannot continue, listing why; say what changes. Returns its metadata."
     f = Path(ck)/'trainer_state.json'
@@ -505,7 +521,7 @@ def check_resume(ck, config:dict) -> dict:
     if accepted: print(f"Resuming {ck} with changed settings, applied from step {meta['state']['step'] + 1}:\n  " + '\n  '.join(accepted))
     return meta
 
-# %% ../nbs/09_checkpointing.ipynb #5adc1a52
+# %% ../nbs/09_checkpointing.ipynb #3fe47924
 def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     """The run's length in optimizer steps when it resumes checkpoint `meta` with training config `t` (`fresh`: the length
     from scratch). With a different batch per step, the samples already trained on count, whatever batch consumed them."""
@@ -516,7 +532,7 @@ def resumed_max_steps(meta:dict, t, fresh:int, num_processes:int=1) -> int:
     step = meta['state']['step']
     return fresh if old == new else step + max(0, fresh - round(step * old / new))
 
-# %% ../nbs/09_checkpointing.ipynb #19158448
+# %% ../nbs/09_checkpointing.ipynb #94564eb9
 class CheckpointCB(Callback):
     "Checkpoints under `<output_dir>/checkpoints`: periodic by `strategy` (`steps`, `epoch` or `no`), at the time limit and on a signal."
     order = 200   # before EMACB (210): in after_validate it sees the EMA weights, in after_step and after_fit the raw ones
@@ -552,10 +568,12 @@ class CheckpointCB(Callback):
         if self.main: print(f"\nReceived {signal.Signals(signum).name}: finishing this step, then saving checkpoints/interrupted …", flush=True)
     def signalled(self, learn) -> bool:
         "Whether any process was signalled (one that was not takes the other's signal): all stop after the same step."
-        if learn.acc.num_processes > 1:
-            got = torch.tensor([self.signal or 0])
-            dist.all_reduce(got, op=dist.ReduceOp.MAX, group=self.group)
-            self.signal = self.signal or int(got) or None
+        if learn.acc.num_processes > 1:   # decided from the reduced value alone: a signal during the reduce counts next step
+            agreed = torch.tensor([self.signal or 0])
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=self.group)
+            if not int(agreed): return False
+            if self.signal is None: self.signal, self.signalled_at = int(agreed), time.monotonic()   # its own copy may follow
+            return True
         return self.signal is not None
 
     def after_step(self, learn):
@@ -573,7 +591,7 @@ class CheckpointCB(Callback):
         for s, h in self._old.items(): signal.signal(s, h)
         if learn.stop_reason == 'time-limit': self.save(learn, 'time-limit')
 
-# %% ../nbs/09_checkpointing.ipynb #476c9606
+# %% ../nbs/09_checkpointing.ipynb #30be3763
 class BestModelCB(Callback):
     "Export an HF folder to `<output_dir>/best` each time `metric` improves; skip, with a warning, an evaluation without it."
     order = 190   # before EMACB (210), which swaps the EMA weights in for validation and out after it

@@ -13,7 +13,8 @@ from dataclasses import replace
 from .config import Config, ConfigError, check_combinations
 
 # %% auto #0
-__all__ = ['SHARDED', 'free_port', 'launch_command', 'shard_model', 'fsdp_launch', 'take_fsdp_launch', 'refuse_sharded']
+__all__ = ['SHARDED', 'free_port', 'launch_command', 'transformer_blocks', 'shard_model', 'fsdp_launch', 'take_fsdp_launch',
+           'refuse_sharded']
 
 # %% ../nbs/10_distributed.ipynb #767ff4d6
 def free_port() -> int:
@@ -35,22 +36,28 @@ def launch_command(num_processes:int, *args, cpu:bool=False, mixed_precision:str
 # %% ../nbs/10_distributed.ipynb #25b8e27b
 from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
 
-def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', names=None):
-    """FSDP2 over the processes of the launch: `fully_shard` each transformer block, then the whole model. The blocks are
-    the modules whose class is in `names`: by default accelerate's `fsdp_transformer_layer_cls_to_wrap` when the launch
-    gave one (`FSDP_TRANSFORMER_CLS_TO_WRAP`), else the model's own `_no_split_modules`."""
+def transformer_blocks(model, names=None) -> list:
+    """The modules FSDP shards one by one: those whose class is in `names`, by default accelerate's
+    `fsdp_transformer_layer_cls_to_wrap` when the launch gave one (`FSDP_TRANSFORMER_CLS_TO_WRAP`), else the model's own
+    `_no_split_modules` (which may list classes this model lacks, e.g. another modality's layers)."""
     own = sorted(getattr(model, '_no_split_modules', None) or ())
-    if names is None: names = [c.strip() for c in os.environ.get('FSDP_TRANSFORMER_CLS_TO_WRAP', '').split(',') if c.strip()] or own
-    blocks = [m for m in model.modules() if type(m).__name__ in set(names)]
+    if names is None: names = [c.strip() for c in os.environ.get('FSDP_TRANSFORMER_CLS_TO_WRAP', '').split(',') if c.strip()]
+    blocks = [m for m in model.modules() if type(m).__name__ in set(names or own)]
     if missing := sorted(set(names) - {type(m).__name__ for m in blocks}):
         raise ConfigError(f"accelerate's FSDP config: fsdp_transformer_layer_cls_to_wrap: {', '.join(missing)}: {type(model).__name__} has "
                           f"no such module; its transformer blocks are {', '.join(own) or 'not named'}: name those, or remove the key")
     if not blocks: raise ValueError(f"training.fsdp=true: {type(model).__name__} names no transformer block class (_no_split_modules) "
                                     "to shard by; train it with DDP (training.fsdp=false)")
+    return blocks
+
+def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', names=None, trains:bool=True):
+    """FSDP2 over the processes of the launch: `fully_shard` each of `transformer_blocks(model, names)`, then the whole
+    model. A frozen model (`trains=False`, a DPO reference) runs no backward, so its root is resharded after each forward too."""
+    blocks = transformer_blocks(model, names)
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
     kw = dict(reshard_after_forward=sharding == 'full_shard', mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
     for b in blocks: fully_shard(b, **kw)
-    return fully_shard(model, **{**kw, 'reshard_after_forward': False})   # the root (embeddings, head): needed again at once in backward
+    return fully_shard(model, **{**kw, 'reshard_after_forward': not trains})   # a trained root (embeddings, head): needed again at once in backward
 
 # %% ../nbs/10_distributed.ipynb #97f73a76
 _SHARDING = {'true': 'full_shard', 'full_shard': 'full_shard', '1': 'full_shard', 'false': 'shard_grad_op', 'shard_grad_op': 'shard_grad_op', '2': 'shard_grad_op'}
@@ -64,7 +71,8 @@ def fsdp_launch(env=None) -> dict:
     if env.get('FSDP_OFFLOAD_PARAMS', 'false').lower() == 'true': raise bad('fsdp_offload_params', 'true', 'llm_nb keeps the shards on the device; set it to false')
     if (policy := env.get('FSDP_AUTO_WRAP_POLICY', 'TRANSFORMER_BASED_WRAP')) != 'TRANSFORMER_BASED_WRAP':
         raise bad('fsdp_auto_wrap_policy', policy, 'llm_nb shards the model transformer block by block; set TRANSFORMER_BASED_WRAP')
-    key, var = ('fsdp_reshard_after_forward', 'FSDP_RESHARD_AFTER_FORWARD') if env.get('FSDP_VERSION', '1') == '2' else ('fsdp_sharding_strategy', 'FSDP_SHARDING_STRATEGY')
+    # accelerate's order: version 1 reads the strategy from fsdp_reshard_after_forward too, when given, else fsdp_sharding_strategy
+    key, var = ('fsdp_reshard_after_forward', 'FSDP_RESHARD_AFTER_FORWARD') if 'FSDP_RESHARD_AFTER_FORWARD' in env else ('fsdp_sharding_strategy', 'FSDP_SHARDING_STRATEGY')
     val = env.get(var, 'true')
     if (sharding := _SHARDING.get(val.lower())) is None: raise bad(key, val, 'llm_nb shards with FULL_SHARD (true) or SHARD_GRAD_OP (false)')
     return dict(sharding=sharding, gradient_checkpointing=env.get('FSDP_ACTIVATION_CHECKPOINTING', 'false').lower() == 'true')

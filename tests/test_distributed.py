@@ -201,9 +201,9 @@ def dpo_overrides(out, pairs, base, batch, **kw):
 
 @pytest.fixture(scope='module')
 def fsdp_finetunes(fsdp):
-    "Full SFT (chat messages), LoRA (with activation checkpointing) and DPO (full, against a frozen reference copy) on 2 sharded ranks and on 1 process."
+    """Full SFT and LoRA SFT (chat messages: new tokens, resized embeddings; LoRA with activation checkpointing) and DPO (full,
+    against a frozen reference copy), each on 2 sharded ranks and on 1 process."""
     tmp, base = fsdp, fsdp/'fsdp'/'final'
-    data = tmp/'docs'
     pairs = tmp/'pairs-dpo.jsonl'
     pairs.write_text(''.join(json.dumps(dict(prompt=f'Question {i}: the state of the', chosen=' Union is strong and growing.',
                                               rejected=' weather is unknown to me.')) + '\n' for i in range(16)))
@@ -211,7 +211,7 @@ def fsdp_finetunes(fsdp):
     chats.write_text(''.join(json.dumps({'messages': [{'role': 'user', 'content': f'Say something about number {i}.'},
                                                      {'role': 'assistant', 'content': f'The number {i} is a fine number.'}]}) + '\n' for i in range(32)))
     one_proc = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    recipes = {'sft': lambda o, b, **k: sft_overrides(o, chats, base, b, **k), 'lora': lambda o, b, **k: lora_overrides(o, data, base, b, **k),
+    recipes = {'sft': lambda o, b, **k: sft_overrides(o, chats, base, b, **k), 'lora': lambda o, b, **k: lora_overrides(o, chats, base, b, **k),
             'dpo': lambda o, b, **k: dpo_overrides(o, pairs, base, b, **k)}
     for name, args in recipes.items():
         r = run_cli('train', *args(tmp/f'{name}-one', 8), env=one_proc)
@@ -227,21 +227,19 @@ def test_fsdp_finetunes_match_one_process(fsdp_finetunes, name):
     for s in one: assert abs(one[s] - two[s]) < 2e-3, (s, one[s], two[s])
 
 def test_fsdp_lora_saves_the_adapter_only(fsdp_finetunes):
-    from peft import PeftModel
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
+    from llm_nb.lora import merge_lora
     tmp = fsdp_finetunes
-    final = tmp/'lora-fsdp'/'final'
+    final, one = tmp/'lora-fsdp'/'final', tmp/'lora-one'/'final'
     assert (final/'adapter_model.safetensors').exists() and not (final/'model.safetensors').exists()
-    adapter = load_file(final/'adapter_model.safetensors')
-    assert adapter and all('lora_' in k for k in adapter)
+    adapter, ref = load_file(final/'adapter_model.safetensors'), load_file(one/'adapter_model.safetensors')
+    assert adapter.keys() == ref.keys() and any('lora_' in k for k in adapter)   # the same files as one process (resized embeddings too)
     ck = full_state(tmp/'lora-fsdp'/'checkpoints'/f'step-{LORA_STEPS}')['model']
-    assert ck and all('lora_' in k for k in ck)                                   # the frozen base is not in the checkpoint
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp/'fsdp'/'final'), final)
-    sd = {k.replace('.default', ''): v for k, v in model.state_dict().items()}
-    assert all(torch.equal(sd[k], v) for k, v in adapter.items())
+    assert ck and all('lora_' in k or 'trainable_tokens' in k for k in ck)   # the frozen base is not in the checkpoint
     mine = {k.replace('.default', ''): v for k, v in ck.items()}
-    assert all(torch.equal(adapter[k], mine[k]) for k in adapter)                # final/ = the sharded state at the last step
+    assert all(torch.equal(adapter[k], mine[k]) for k in adapter if k in mine)   # final/ = the sharded state at the last step
+    a, b = (merge_lora(f)[0].state_dict() for f in (final, one))   # the base plus each adapter, as users load them
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), [k for k in a if not torch.allclose(a[k], b[k], atol=1e-4)][:5]
 
 def test_fsdp_refusals(tmp_path, monkeypatch):
     from llm_nb.cli import main
