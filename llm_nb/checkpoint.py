@@ -13,6 +13,7 @@ import numpy as np, torch
 from torch.distributed.fsdp import FSDPModule
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from safetensors.torch import save_model, load_model
@@ -244,14 +245,11 @@ def state_options(model, **kw) -> StateDictOptions:
 
 def _inner(opt): return getattr(opt, 'optimizer', opt)   # accelerate wraps the torch optimizer
 
-def model_state(model, embeddings:bool=False, **kw) -> dict:
-    """`model`'s state by parameter name as DCP reads and writes it (`kw`: more `StateDictOptions`); of a peft model, the
-    trainable part, and with `embeddings` the token embeddings and head (peft's export keeps them when the vocabulary grew)."""
+def model_state(model, **kw) -> dict:
+    "`model`'s state by parameter name as DCP reads and writes it (`kw`: more `StateDictOptions`); of a peft model, the trainable part."
     sd = get_model_state_dict(model, options=state_options(model, **kw))
     if not is_peft(model): return sd
     keep = {n for n, p in model.named_parameters() if p.requires_grad}   # `ignore_frozen_params` alone keeps a head tied to the frozen embedding
-    if embeddings: keep |= {f'{n}.{pn}' for n, m in model.named_modules() if m in (model.get_input_embeddings(), model.get_output_embeddings())
-                            for pn, _ in m.named_parameters()}
     return {k: v for k, v in sd.items() if k in keep}
 
 # %% ../nbs/09_checkpointing.ipynb #b313fd0e
@@ -311,7 +309,14 @@ def gathered_weights(model) -> dict|None:
     """A collective under FSDP: `model`'s whole state dict (trainable part of a peft model) on the main process, in CPU
     memory, `{}` on the others; `None` when `model` is not sharded (it holds everything itself)."""
     if not is_sharded(model): return None
-    return model_state(model, embeddings=True, full_state_dict=True, cpu_offload=True)
+    sd = model_state(model, full_state_dict=True, cpu_offload=True)
+    if is_peft(model):   # peft's export keeps the (frozen) token embeddings and head when the vocabulary grew: gathered one by one
+        for n, m in model.named_modules():
+            if m is model.get_input_embeddings() or m is model.get_output_embeddings():
+                for pn, p in m.named_parameters():
+                    full = (p.full_tensor() if isinstance(p, DTensor) else p.detach()).cpu()   # a collective: every process, in one order
+                    if dist.get_rank() == 0: sd.setdefault(f'{n}.{pn}', full)
+    return sd
 
 # %% ../nbs/09_checkpointing.ipynb #459315a4
 def _safe_load(path):

@@ -104,7 +104,7 @@ def build_learner(cfg:Config, ck=None, meta=None, acc=None) -> Learner:
     d = kind.prepare(cfg, splits, tok, model, acc)
     if t.compile: compile_model(model)  # in place, block by block: parameter names, checkpoints and exports stay plain
     if t.fsdp:   # before the optimizer: it must hold the shards
-        for m in (model, *d.task.frozen_models()): shard_model(m, t.fsdp_sharding, acc.mixed_precision, trains=m is model)
+        for m in (model, *d.task.frozen_models()): shard_model(m, t.fsdp_sharding, acc.mixed_precision)
     opt = build_optimizer(model, t)
     if ck is not None: d.max_steps = resumed_max_steps(meta, t, d.max_steps, acc.num_processes)
     learn = Learner(model, d.train_dl, d.valid_dl, technique_task(t, d.task), opt, make_scheduler(opt, t, d.max_steps),

@@ -50,14 +50,15 @@ def transformer_blocks(model, names=None) -> list:
                                     "to shard by; train it with DDP (training.fsdp=false)")
     return blocks
 
-def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', names=None, trains:bool=True):
+def shard_model(model, sharding:str='full_shard', mixed_precision:str='no', names=None):
     """FSDP2 over the processes of the launch: `fully_shard` each of `transformer_blocks(model, names)`, then the whole
-    model. A frozen model (`trains=False`, a DPO reference) runs no backward, so its root is resharded after each forward too."""
+    model. The root stays gathered from forward to backward; a frozen model (a DPO reference), which has no backward,
+    is resharded by its user (`model.reshard()`) once done with the head."""
     blocks = transformer_blocks(model, names)
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
     kw = dict(reshard_after_forward=sharding == 'full_shard', mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
     for b in blocks: fully_shard(b, **kw)
-    return fully_shard(model, **{**kw, 'reshard_after_forward': not trains})   # a trained root (embeddings, head): needed again at once in backward
+    return fully_shard(model, **{**kw, 'reshard_after_forward': False})   # the root (embeddings, head): needed again at once in backward
 
 # %% ../nbs/10_distributed.ipynb #97f73a76
 _SHARDING = {'true': 'full_shard', 'full_shard': 'full_shard', '1': 'full_shard', 'false': 'shard_grad_op', 'shard_grad_op': 'shard_grad_op', '2': 'shard_grad_op'}

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from safetensors.torch import save_file, load_file
 from .config import Config, DataConfig, DPOConfig
 from .data import DataError, epoch_loader, capped
@@ -337,6 +338,7 @@ class DPOTask(Task):
             if next(ref.parameters()).device != batch['input_ids'].device: ref.to(batch['input_ids'].device)
             with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
                 lp, _ = completion_logps(ref, batch)
+            if isinstance(ref, FSDPModule): ref.reshard()   # sharded, it keeps its root gathered after forward: no backward frees it
         elif is_peft(extract_model_from_parallel(model)):
             with reference_mode(model): lp, _ = completion_logps(model, batch)
         else: raise ValueError("DPO needs a reference: pass ref_model (e.g. frozen_copy(model)), train LoRA adapters "
