@@ -464,7 +464,7 @@ class TimeBudgetCB(Callback):
         if not fs or fs[0].moved or not fs[0].warmup <= step < fs[0].decay_start: return
         if self.budget - el > fs[0].decay_ratio * self.budget: return
         pace = (el - self.el0) / (step - self.step0)   # seconds per step in this session
-        for g in fs: g.start_decay(step, min(max(1, round((self.budget - el) / pace)), learn.max_steps - step))
+        for g in fs: g.start_decay(step, min(max(1, round(0.9 * (self.budget - el) / pace)), learn.max_steps - step))   # a 10% margin
     def after_step(self, learn):
         if learn.acc.num_processes > 1 and (learn.state.step - self.step0) % self.every: return   # one collective per `every` steps
         el = self.elapsed(learn)
