@@ -261,7 +261,7 @@ def shard_state(learn) -> dict:
 # %% ../nbs/09_checkpointing.ipynb #1db90ddd
 def write_shards(learn, path, need:int=0) -> tuple[Path, dict]:
     """A collective: every process writes its `shard_state` into `sharded/` of checkpoint `path`'s temporary folder,
-    then hashes and syncs its own files, in parallel. Returns the folder and, on the main process, every process's entries."""
+    then hashes and syncs its own files, in parallel. Returns the folder and every process's manifest entries."""
     path = Path(path)
     tmp = path.parent/f'.{path.name}.tmp-sharded'   # one name for every process
     if learn.acc.is_main_process: shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
